@@ -1,0 +1,102 @@
+"""The one interface every Whisper engine implements, and the data that crosses it.
+
+Engines are batched: the scheduler hands them many windows (from many streams) per call. Audio is always
+16 kHz mono float32 in [-1, 1], at most 30 s (one Whisper window). Times in results are seconds relative to
+the start of the window; the session moves them to stream time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+MAX_WINDOW_S = 30.0
+
+# Whisper's own fallback thresholds (openai/whisper transcribe.py defaults).
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOG_PROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Per-request decoding options; requests with equal options can share one generate call."""
+
+    language: str | None = "en"  # None: detect
+    language_options: tuple[str, ...] = ()  # restricts detection when language is None
+    task: Literal["transcribe", "translate"] = "transcribe"
+    prompt: str = ""  # previous-text conditioning (<|startofprev|>)
+    prefix: str = ""  # forced start of the transcript
+    beam_width: int = 1
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    temperatures: tuple[float, ...] = (0.0,)  # fallback ladder
+    max_new_tokens: int = 400
+    word_timestamps: bool = False
+    language_detection_only: bool = False
+
+
+@dataclass(frozen=True)
+class TranscribeRequest:
+    audio: np.ndarray  # float32, 16 kHz mono, <= 30 s
+    options: DecodeOptions = field(default_factory=DecodeOptions)
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    prob: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 1.0
+    temperature: float = 0.0
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class TranscribeResult:
+    segments: tuple[Segment, ...]
+    language: str
+    language_prob: float | None  # None when the language was given, not detected
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments).strip()
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot serve now (e.g. Triton down); streams get an error, the server stays up."""
+
+
+class Engine(Protocol):
+    """A batched Whisper engine.
+
+    `transcribe` returns one result per request, in order. `max_batch_size` bounds one call;
+    `max_inflight` says how many calls the scheduler may have running at once (1 for an in-process
+    engine that uses all cores, more for a remote server that batches on its side).
+    """
+
+    name: str
+    model_name: str
+    max_batch_size: int
+    max_inflight: int
+
+    async def transcribe(self, requests: Sequence[TranscribeRequest]) -> list[TranscribeResult]: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...

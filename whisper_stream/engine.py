@@ -7,8 +7,9 @@ the start of the window; the session moves them to stream time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
@@ -100,3 +101,29 @@ class Engine(Protocol):
     async def ready(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+# JSON codecs: how options and results cross a process boundary (Triton tensors carry them as strings).
+
+
+def options_to_json(options: DecodeOptions) -> str:
+    return json.dumps(asdict(options), separators=(",", ":"))
+
+
+def options_from_json(text: str) -> DecodeOptions:
+    raw = json.loads(text)
+    for key in ("language_options", "temperatures"):
+        raw[key] = tuple(raw.get(key, ()))
+    return DecodeOptions(**raw)
+
+
+def result_to_json(result: TranscribeResult) -> str:
+    return json.dumps(asdict(result), separators=(",", ":"))
+
+
+def result_from_json(text: str) -> TranscribeResult:
+    raw = json.loads(text)
+    segments = tuple(
+        Segment(**{**s, "words": tuple(Word(**w) for w in s.get("words", ()))}) for s in raw["segments"]
+    )
+    return TranscribeResult(segments=segments, language=raw["language"], language_prob=raw["language_prob"])

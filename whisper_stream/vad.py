@@ -121,9 +121,7 @@ def speech_spans(probs: np.ndarray, opts: VadOptions) -> list[tuple[int, int]]:
     return spans
 
 
-def trim_to_speech(
-    audio: np.ndarray, probs: np.ndarray, opts: VadOptions
-) -> tuple[np.ndarray, float, bool]:
+def trim_to_speech(audio: np.ndarray, probs: np.ndarray, opts: VadOptions) -> tuple[np.ndarray, float, bool]:
     """Cut leading and trailing non-speech (keeping speech_pad_ms) -> (audio, offset_s, has_speech)."""
     spans = speech_spans(probs, opts)
     if not spans:

@@ -1,0 +1,149 @@
+"""The client side of the protocol: send metadata, PCM frames paced in real time, end_audio; collect replies.
+
+Every reply is kept with its arrival time (monotonic seconds since the first audio frame), which is what the
+benchmark measures latency from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+
+FRAME_SAMPLES = 512  # what every documented client sends: 32 ms at 16 kHz
+
+
+@dataclass
+class Received:
+    t: float  # seconds since the first audio frame was sent
+    message: dict[str, Any]
+
+
+@dataclass
+class StreamResult:
+    received: list[Received] = field(default_factory=list)
+    audio_sent_s: list[tuple[float, float]] = field(default_factory=list)  # (wall t, audio seconds sent)
+    close_code: int | None = None
+    close_reason: str = ""
+
+    @property
+    def finals(self) -> list[dict[str, Any]]:
+        return [
+            r.message
+            for r in self.received
+            if r.message.get("type") == "transcription" and r.message["is_final"]
+        ]
+
+    @property
+    def partials(self) -> list[dict[str, Any]]:
+        return [
+            r.message
+            for r in self.received
+            if r.message.get("type") == "transcription" and not r.message["is_final"]
+        ]
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [r.message for r in self.received if r.message.get("type") == "error"]
+
+    @property
+    def text(self) -> str:
+        return " ".join(m["transcript"] for m in self.finals if m["transcript"]).strip()
+
+    @property
+    def finished(self) -> bool:
+        return any(
+            r.message.get("type") == "end_audio" and r.message["body"].get("status") == "finished"
+            for r in self.received
+        )
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Api-Key {api_key}"} if api_key else {}
+
+
+def metadata(
+    *,
+    language: str = "en",
+    partials: bool = False,
+    partial_interval_s: float = 0.5,
+    threshold: float = 0.5,
+    min_silence_ms: int = 300,
+    speech_pad_ms: int = 30,
+    encoding: str = "pcm_s16le",
+    sample_rate: int = 16000,
+    **whisper: Any,
+) -> dict[str, Any]:
+    return {
+        "streaming_vad_config": {
+            "threshold": threshold,
+            "min_silence_duration_ms": min_silence_ms,
+            "speech_pad_ms": speech_pad_ms,
+        },
+        "streaming_params": {
+            "encoding": encoding,
+            "sample_rate": sample_rate,
+            "enable_partial_transcripts": partials,
+            "partial_transcript_interval_s": partial_interval_s,
+        },
+        "whisper_params": {"audio_language": language, **whisper},
+    }
+
+
+async def stream_pcm(
+    url: str,
+    meta: dict[str, Any],
+    pcm: bytes,
+    *,
+    speed: float = 1.0,
+    frame_bytes: int = FRAME_SAMPLES * 2,
+    bytes_per_second: int = 32000,
+    api_key: str | None = None,
+    end_audio: bool = True,
+    timeout_s: float = 300.0,
+    on_message: Any = None,
+) -> StreamResult:
+    """Stream `pcm` paced at `speed` x real time (0 = as fast as possible) and collect every reply."""
+    result = StreamResult()
+    async with websockets.connect(
+        url, additional_headers=auth_headers(api_key), max_size=None, open_timeout=30
+    ) as ws:
+        await ws.send(json.dumps(meta))
+        t0 = time.monotonic()
+
+        async def receive() -> None:
+            try:
+                async for raw in ws:
+                    msg = json.loads(raw)
+                    item = Received(time.monotonic() - t0, msg)
+                    result.received.append(item)
+                    if on_message:
+                        on_message(item)
+            except websockets.ConnectionClosed:
+                pass
+
+        reader = asyncio.create_task(receive())
+        try:
+            for i in range(0, len(pcm), frame_bytes):
+                if reader.done():
+                    break
+                await ws.send(pcm[i : i + frame_bytes])
+                sent_s = (i + frame_bytes) / bytes_per_second
+                result.audio_sent_s.append((time.monotonic() - t0, min(sent_s, len(pcm) / bytes_per_second)))
+                if speed > 0:
+                    delay = t0 + sent_s / speed - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+            if end_audio and not reader.done():
+                await ws.send(json.dumps({"type": "end_audio"}))
+            await asyncio.wait_for(reader, timeout_s) if end_audio else None
+        except websockets.ConnectionClosed:
+            await reader
+        finally:
+            reader.cancel()
+        result.close_code, result.close_reason = ws.close_code, ws.close_reason or ""
+    return result

@@ -1,0 +1,102 @@
+"""Real speech for tests and benchmarks: the manifest, audio loading, streams of joined utterances, WER."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SR = 16_000
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    path: Path
+    text: str
+    language: str
+    duration_s: float
+    note: str = ""
+
+
+def load_manifest(path: Path | str | None = None) -> list[Utterance]:
+    manifest = Path(path) if path else DEFAULT_DATA / "manifest.jsonl"
+    out = []
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.append(
+                Utterance(
+                    row["id"],
+                    manifest.parent / row["path"],
+                    row["text"],
+                    row["language"],
+                    float(row["duration_s"]),
+                    row.get("note", ""),
+                )
+            )
+    return out
+
+
+def load_audio(path: Path | str, sample_rate: int = SR) -> np.ndarray:
+    """Any file PyAV reads (WAV, FLAC, MP3...), any rate and channel count -> mono float32 at sample_rate."""
+    from faster_whisper.audio import decode_audio
+
+    return decode_audio(str(path), sampling_rate=sample_rate)
+
+
+def to_pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+@dataclass(frozen=True)
+class JoinedStream:
+    """Utterances separated by pauses; `speech_ends[i]` is the stream time where utterance i's audio ends."""
+
+    audio: np.ndarray
+    utterances: tuple[Utterance, ...]
+    speech_starts: tuple[float, ...]
+    speech_ends: tuple[float, ...]
+
+
+def join_utterances(utterances: list[Utterance], pause_s: float = 1.5, lead_s: float = 0.5) -> JoinedStream:
+    parts = [np.zeros(int(lead_s * SR), np.float32)]
+    starts, ends, t = [], [], lead_s
+    for u in utterances:
+        audio = load_audio(u.path)
+        starts.append(t)
+        t += len(audio) / SR
+        ends.append(t)
+        parts += [audio, np.zeros(int(pause_s * SR), np.float32)]
+        t += pause_s
+    return JoinedStream(np.concatenate(parts), tuple(utterances), tuple(starts), tuple(ends))
+
+
+def normalizer(language: str = "en"):
+    """Whisper's English normalizer for English (numbers, spelling, punctuation), its basic one otherwise."""
+    import re
+
+    from whisper_normalizer.basic import BasicTextNormalizer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer() if language == "en" else BasicTextNormalizer()
+
+    def apply(text: str) -> str:
+        text = re.sub(r"\[[^\]]*\]|<[^>]*>", " ", text)  # corpus markup such as [adif] or <VOCNOISE>
+        return norm(text)
+
+    return apply
+
+
+def wer(references: list[str], hypotheses: list[str], language: str = "en") -> float:
+    """Corpus WER after normalisation (jiwer), as a fraction."""
+    import jiwer
+
+    norm = normalizer(language)
+    refs = [norm(r) for r in references]
+    hyps = [norm(h) for h in hypotheses]
+    pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r.strip()]
+    return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])

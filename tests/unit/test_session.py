@@ -1,0 +1,308 @@
+"""The streaming session with synthetic audio, a loudness VAD and a hand-driven engine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.unit.fakes import SR, LoudnessVad, fake_result, pcm, silence, tone
+from whisper_stream.config import parse_metadata
+from whisper_stream.session import Close, Send, Session, Transcribe
+
+
+def make(vad=None, partials: bool = False, interval: float = 0.5, max_s: float = 30.0, **vad_cfg):
+    meta = {
+        "streaming_vad_config": {"min_silence_duration_ms": 300, "speech_pad_ms": 0, **vad_cfg},
+        "streaming_params": {
+            "enable_partial_transcripts": partials,
+            "partial_transcript_interval_s": interval,
+            "final_transcript_max_duration_s": max_s,
+        },
+    }
+    return Session(parse_metadata(meta), vad or LoudnessVad(), stream_id="s1")
+
+
+def feed(session: Session, audio: np.ndarray, chunk: int = 1024) -> list:
+    data, actions = pcm(audio), []
+    for i in range(0, len(data), chunk):
+        actions += session.feed_audio(data[i : i + chunk], now=0.0)
+    return actions
+
+
+def requests(actions, kind=None) -> list[Transcribe]:
+    return [a for a in actions if isinstance(a, Transcribe) and (kind is None or a.kind == kind)]
+
+
+def sent(actions) -> list[dict]:
+    return [a.message for a in actions if isinstance(a, Send)]
+
+
+def answer(session: Session, req: Transcribe, **kw) -> list:
+    return session.on_result(req.request_id, fake_result(req.request, **kw), None, now=0.0)
+
+
+def test_one_final_per_speech_segment_with_exact_bounds():
+    s = make()
+    acts = feed(s, np.concatenate([silence(1.0), tone(2.0), silence(1.0), tone(1.0), silence(1.0)]))
+    finals = requests(acts, "final")
+    assert len(finals) == 2
+    assert finals[0].start_s == pytest.approx(1.0, abs=0.033)
+    assert finals[0].end_s == pytest.approx(3.0, abs=0.033)
+    assert finals[1].start_s == pytest.approx(4.0, abs=0.033)
+    assert len(finals[0].request.audio) == pytest.approx(2.0 * SR, abs=FRAME_TOL)
+    msgs = sent(answer(s, finals[0]) + answer(s, finals[1]))
+    assert [m["is_final"] for m in msgs] == [True, True]
+    assert [m["transcription_num"] for m in msgs] == [0, 1]
+    assert msgs[0]["segments"][0]["start_time"] == pytest.approx(1.0, abs=0.033)
+    assert msgs[0]["transcript"] == msgs[0]["segments"][0]["text"]
+    assert float(msgs[0]["transcript"].split()[1]) == pytest.approx(2.0, abs=0.033)
+
+
+FRAME_TOL = 512
+
+
+@pytest.mark.parametrize("min_silence_ms,expected_finals", [(200, 2), (600, 1)])
+def test_min_silence_decides_whether_a_pause_ends_speech(min_silence_ms, expected_finals):
+    s = make(min_silence_duration_ms=min_silence_ms)
+    acts = feed(s, np.concatenate([tone(1.0), silence(0.4), tone(1.0), silence(1.0)]))
+    assert len(requests(acts, "final")) == expected_finals
+
+
+def test_speech_pad_adds_audio_on_both_sides():
+    s = make(speech_pad_ms=100)
+    acts = feed(s, np.concatenate([silence(1.0), tone(1.0), silence(1.0)]))
+    (final,) = requests(acts, "final")
+    assert final.start_s == pytest.approx(0.9, abs=0.033)
+    assert final.end_s == pytest.approx(2.1, abs=0.033)
+
+
+def test_threshold_decides_what_is_speech():
+    quiet = tone(1.0, amp=0.04)  # RMS 0.028: below the fake VAD's loudness
+    s = make()
+    assert requests(feed(s, np.concatenate([quiet, silence(1.0)]))) == []
+
+
+def test_threshold_parameter_is_applied():
+    class Prob:
+        def __call__(self, frames):
+            return np.full(len(frames), 0.6, dtype=np.float32)
+
+    low = make(vad=Prob(), threshold=0.5)
+    high = make(vad=Prob(), threshold=0.7)
+    feed(low, silence(0.5))
+    feed(high, silence(0.5))
+    assert low._in_speech and not high._in_speech
+
+
+def test_silence_only_stream_requests_nothing():
+    s = make(partials=True)
+    acts = feed(s, silence(10.0)) + s.end_audio(now=0.0)
+    assert requests(acts) == []
+    msgs = sent(acts)
+    assert [m["body"]["status"] for m in msgs] == ["acknowledged", "finished"]
+    assert isinstance(acts[-1], Close) and acts[-1].code == 1000
+
+
+def test_blips_shorter_than_two_frames_are_not_transcribed():
+    s = make()
+    one_frame = 512 / SR
+    acts = feed(s, np.concatenate([silence(16 * one_frame), tone(one_frame), silence(1.0)]))
+    assert requests(acts) == []
+
+
+def test_partials_follow_the_interval_and_one_in_flight():
+    s = make(partials=True, interval=0.5)
+    acts = feed(s, tone(0.6))
+    (p1,) = requests(acts, "partial")
+    assert len(p1.request.audio) / SR == pytest.approx(0.5, abs=0.04)
+    # while p1 is in flight no new partial is requested, however much audio arrives
+    assert requests(feed(s, tone(1.5)), "partial") == []
+    msgs = sent(answer(s, p1))
+    assert msgs and msgs[0]["is_final"] is False and msgs[0]["message_type"] == "partial_transcript"
+    (p2,) = requests(feed(s, tone(0.04)), "partial")  # overdue: asked for at the next frame
+    assert len(p2.request.audio) / SR == pytest.approx(2.1, abs=0.05)
+    answer(s, p2)
+    assert requests(feed(s, tone(0.3)), "partial") == []
+    assert len(requests(feed(s, tone(0.3)), "partial")) == 1
+
+
+def test_partials_disabled_by_default():
+    s = make()
+    assert requests(feed(s, tone(3.0)), "partial") == []
+
+
+def test_partial_uses_first_temperature_only():
+    s = make(partials=True)
+    (p,) = requests(feed(s, tone(0.6)), "partial")
+    assert p.request.options.temperatures == (0.0,)
+
+
+def test_forced_final_at_max_duration_partitions_the_audio():
+    s = make(max_s=5.0)
+    # 12 s of continuous speech with short quiet dips (not long enough to end speech)
+    parts = []
+    for _ in range(6):
+        parts += [tone(1.8), silence(0.2)]
+    audio = np.concatenate(parts + [silence(1.0)])
+    finals = requests(feed(s, audio), "final")
+    assert len(finals) >= 3
+    for f in finals:
+        assert f.end_s - f.start_s <= 5.0 + 1e-6
+    for a, b in zip(finals, finals[1:], strict=False):
+        assert b.start_s == pytest.approx(a.end_s, abs=1e-9)  # no gap, no overlap: no word lost or repeated
+    total = sum(len(f.request.audio) for f in finals)
+    assert total == pytest.approx((finals[-1].end_s - finals[0].start_s) * SR, abs=1)
+    # the cut lands in a quiet dip, not in the middle of a tone
+    for f in finals[:-1]:
+        t = f.end_s % 2.0
+        assert 1.75 <= t <= 2.05, f.end_s
+
+
+def test_finals_are_sent_in_order_even_when_results_arrive_reversed():
+    s = make()
+    acts = feed(s, np.concatenate([tone(1.0), silence(0.5), tone(1.0), silence(0.5)]))
+    f1, f2 = requests(acts, "final")
+    assert sent(answer(s, f2, text="second")) == []
+    msgs = sent(answer(s, f1, text="first"))
+    assert [m["transcript"] for m in msgs] == ["first", "second"]
+
+
+def test_stale_partial_is_not_sent_after_a_newer_final():
+    s = make(partials=True)
+    (p,) = requests(feed(s, tone(0.6)), "partial")
+    finals = requests(feed(s, np.concatenate([tone(0.5), silence(0.5)])), "final")
+    assert len(finals) == 1
+    assert sent(answer(s, finals[0], text="final")) [0]["is_final"]
+    assert sent(answer(s, p, text="old partial")) == []
+    assert s.stats.partials_dropped == 1
+
+
+def test_partial_of_next_segment_waits_behind_pending_final():
+    s = make(partials=True)
+    acts = feed(s, np.concatenate([tone(1.0), silence(0.5)]))
+    (old,), (final,) = requests(acts, "partial"), requests(acts, "final")
+    assert sent(answer(s, old)) == []  # its segment is closed: stale
+    (p,) = requests(feed(s, tone(0.6)), "partial")
+    assert sent(answer(s, p, text="next")) == []
+    msgs = sent(answer(s, final, text="done"))
+    assert [(m["is_final"], m["transcript"]) for m in msgs] == [(True, "done"), (False, "next")]
+
+
+def test_hallucinated_partial_is_skipped():
+    s = make(partials=True)
+    (p,) = requests(feed(s, tone(0.6)), "partial")
+    assert sent(answer(s, p, text="thank you", compression_ratio=3.0)) == []
+
+
+def test_end_audio_flushes_speech_then_finishes():
+    s = make()
+    feed(s, tone(1.0))
+    acts = s.end_audio(now=0.0)
+    msgs = sent(acts)
+    assert msgs[0] == {"type": "end_audio", "trace_id": None, "body": {"status": "acknowledged"}}
+    (final,) = requests(acts, "final")
+    out = answer(s, final, text="tail")
+    msgs = sent(out)
+    assert msgs[0]["is_final"] and msgs[0]["is_end_of_audio_flush"] is True
+    assert msgs[0]["transcript"] == "tail"
+    assert msgs[1]["body"]["status"] == "finished"
+    assert isinstance(out[-1], Close)
+    assert s.finished
+
+
+def test_end_audio_waits_for_earlier_finals():
+    s = make()
+    (f1,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    feed(s, tone(0.5))
+    acts = s.end_audio(now=0.0)
+    (f2,) = requests(acts, "final")
+    assert not any(m.get("body", {}).get("status") == "finished" for m in sent(acts))
+    assert sent(answer(s, f2)) == []
+    statuses = [m.get("body", {}).get("status") for m in sent(answer(s, f1))]
+    assert statuses == [None, None, "finished"]
+
+
+def test_end_audio_flushes_a_partial_frame():
+    s = make()
+    s.feed_audio(pcm(tone(0.02)), now=0.0)  # 320 samples: less than one VAD frame
+    acts = s.end_audio(now=0.0)
+    assert len(requests(acts, "final")) == 1
+
+
+def test_finalize_makes_a_final_and_keeps_the_stream_open():
+    s = make(speech_pad_ms=200)
+    feed(s, tone(1.0))
+    (f,) = requests(s.handle_text('{"type": "finalize"}', now=0.0), "final")
+    assert f.end_s == pytest.approx(1.0, abs=0.033)
+    assert not s.finished
+    more = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    assert len(more) == 1
+    assert more[0].start_s >= f.end_s  # padding never reaches back into finalized audio
+    assert requests(s.handle_text("finalize", now=0.0)) == []  # pipecat's bare form; no speech now
+
+
+def test_health_check_echoes_trace_id():
+    s = make()
+    (msg,) = sent(s.handle_text(json.dumps({"type": "health_check", "trace_id": "abc"}), now=12.5))
+    assert msg["type"] == "health_check" and msg["trace_id"] == "abc" and msg["timestamp"] == 12.5
+    assert msg["body"]["healthy"] is True
+
+
+@pytest.mark.parametrize("text,needle", [("not json", "not valid JSON"), ('{"type": "dance"}', "dance"),
+                                         ("[1]", "JSON object")])
+def test_bad_control_messages_get_recoverable_errors(text, needle):
+    s = make()
+    (msg,) = sent(s.handle_text(text, now=0.0))
+    assert msg["type"] == "error" and msg["body"]["recoverable"] is True
+    assert needle in msg["body"]["message"]
+    feed(s, tone(1.0))  # the stream goes on
+    assert len(requests(s.end_audio(now=0.0), "final")) == 1
+
+
+def test_terminate_session_is_end_audio():
+    s = make()
+    feed(s, tone(1.0))
+    acts = s.handle_text('{"terminate_session": true}', now=0.0)
+    assert len(requests(acts, "final")) == 1 and s._ending
+
+
+def test_odd_byte_frames_decode_like_one_piece():
+    audio = np.concatenate([silence(0.3), tone(1.0), silence(0.6)])
+    whole, split = make(), make()
+    a = feed(whole, audio, chunk=len(pcm(audio)))
+    b = feed(split, audio, chunk=333)  # odd sizes: samples straddle frames
+    (fa,), (fb,) = requests(a, "final"), requests(b, "final")
+    np.testing.assert_array_equal(fa.request.audio, fb.request.audio)
+
+
+def test_engine_error_on_final_is_reported_and_order_kept():
+    s = make()
+    f1, f2 = requests(feed(s, np.concatenate([tone(1.0), silence(0.5), tone(1.0), silence(0.5)])), "final")
+    assert sent(answer(s, f2, text="two")) == []
+    msgs = sent(s.on_result(f1.request_id, None, "engine unavailable: down", now=0.0))
+    assert msgs[0]["type"] == "error" and "unavailable" in msgs[0]["body"]["message"]
+    assert msgs[1]["transcript"] == "two"
+
+
+def test_silence_result_sends_no_transcript():
+    s = make()
+    (f,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    assert sent(answer(s, f, text="you", no_speech_prob=0.9, avg_logprob=-1.5)) == []
+
+
+def test_lag_is_reported_and_bounded_by_received_audio():
+    s = make()
+    (f,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    feed(s, silence(2.0))
+    (msg,) = sent(answer(s, f))
+    assert msg["server_lag_s"] == pytest.approx(s.received_s - f.end_s, abs=1e-3)
+    assert 2.0 <= msg["server_lag_s"] <= s.received_s
+
+
+def test_audio_after_end_audio_is_refused():
+    s = make()
+    s.end_audio(now=0.0)
+    (msg,) = sent(s.feed_audio(pcm(tone(0.1)), now=0.0))
+    assert msg["type"] == "error"

@@ -1,0 +1,51 @@
+"""Command line: `whisper-stream serve [--host H] [--port P] [--model DIR] [--engine ctranslate2|triton]`.
+
+Every flag also reads WHISPER_STREAM_<NAME> from the environment (flags win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from whisper_stream.settings import ServerSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = ServerSettings()
+    parser = argparse.ArgumentParser(prog="whisper-stream", description="Streaming Whisper server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the WebSocket endpoint")
+    s.add_argument("--host", default=env.host)
+    s.add_argument("--port", type=int, default=env.port)
+    s.add_argument("--engine", choices=["ctranslate2", "triton"], default=env.engine)
+    s.add_argument("--model", default=env.model, help="CTranslate2 model directory, 'base' or a hub name")
+    s.add_argument("--compute-type", default=env.compute_type)
+    s.add_argument("--device", default=env.device)
+    s.add_argument("--cpu-threads", type=int, default=env.cpu_threads)
+    s.add_argument("--max-batch-size", type=int, default=env.max_batch_size)
+    s.add_argument("--triton-url", default=env.triton_url)
+    s.add_argument("--triton-model", default=env.triton_model)
+    s.add_argument("--api-key", default=env.api_key)
+    s.add_argument("--max-streams", type=int, default=env.max_streams)
+    s.add_argument("--log-level", default=env.log_level)
+    args = parser.parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if k != "command"}
+    settings = ServerSettings.model_validate({**env.model_dump(), **values})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from whisper_stream.server import run
+
+    try:
+        asyncio.run(run(settings))
+    except RuntimeError as exc:  # e.g. model missing: a message, not a traceback
+        print(f"whisper-stream: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The stream metadata schema (Baseten's Whisper Streaming protocol), validated once at the first frame.
+
+Three shapes arrive from real clients and normalise to one `StreamConfig`:
+- current: `streaming_vad_config`, `streaming_params`, `whisper_params`;
+- the documented seed example: `vad_params` instead of `streaming_vad_config`;
+- early 2025, flat: `vad_params` + `streaming_whisper_params` (encoding, sample_rate,
+  enable_partial_transcripts, audio_language, show_word_timestamps).
+The deprecated `asr_options` (`beam_size`, `length_penalty`) maps onto `whisper_sampling_params`.
+Unknown keys are errors (as on Baseten), but with a message that names them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from whisper_stream.engine import DecodeOptions
+
+ENCODINGS = ("pcm_s16le", "pcm_mulaw", "pcm_f32le", "pcm_alaw")
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VadConfig(_Strict):
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    min_silence_duration_ms: int = Field(300, ge=0, le=10_000)
+    speech_pad_ms: int = Field(0, ge=0, le=2_000)
+    sampling_rate: Literal[8000, 16000] = 16000  # Silero's rate; audio is resampled to 16 kHz first
+
+
+class StreamingParams(_Strict):
+    encoding: Literal["pcm_s16le", "pcm_mulaw", "pcm_f32le", "pcm_alaw"] = "pcm_s16le"
+    sample_rate: int = Field(16000, ge=8000, le=48000)
+    enable_partial_transcripts: bool = False
+    partial_transcript_interval_s: float = Field(0.5, ge=0.1, le=30.0)
+    final_transcript_max_duration_s: float = Field(30.0, ge=1.0, le=30.0)
+    prioritize_latency: bool = True
+    skip_partial_if_hallucination: bool = True
+    include_pipeline_latency_metric: bool = False
+
+
+class SamplingParams(_Strict):
+    beam_width: int = Field(1, ge=1, le=5)
+    length_penalty: float = Field(2.0, ge=0.0, le=10.0)
+    repetition_penalty: float = Field(1.01, ge=0.5, le=3.0)
+    beam_search_diversity_rate: float = Field(0.0, ge=0.0, le=10.0)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=20)
+    sampling_temperatures: tuple[float, ...] = Field(DEFAULT_TEMPERATURES, min_length=1, max_length=10)
+    max_new_tokens: int = Field(400, ge=1, le=440)
+
+    @field_validator("sampling_temperatures")
+    @classmethod
+    def _temperatures(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(t < 0 or t > 2 for t in v):
+            raise ValueError("each temperature must be between 0 and 2")
+        return v
+
+
+class WhisperParams(_Strict):
+    prompt: str = Field("", max_length=2000)
+    prefix: str = Field("", max_length=500)
+    audio_language: str = "en"
+    output_language: str = "auto"
+    language_detection_only: bool = False
+    language_options: tuple[str, ...] = ()
+    use_dynamic_preprocessing: bool = False
+    show_word_timestamps: bool = False
+    enable_vad: bool = True
+    show_beam_results: bool = False
+    enable_chunk_level_language_detection: bool = False
+    enable_diarization: bool = False
+    whisper_sampling_params: SamplingParams = SamplingParams()
+
+    @field_validator("audio_language", "output_language")
+    @classmethod
+    def _lang(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not v or len(v) > 8 or not v.replace("-", "").isalpha():
+            raise ValueError("must be an ISO 639-1 code such as 'en', or 'auto'")
+        return v
+
+    @field_validator("language_options")
+    @classmethod
+    def _langs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = tuple(x.strip().lower() for x in v)
+        if any(not x.isalpha() or len(x) > 8 for x in out):
+            raise ValueError("must be a list of ISO 639-1 codes such as ['en', 'de']")
+        return out
+
+
+class StreamConfig(_Strict):
+    """The normalised metadata of one stream."""
+
+    streaming_vad_config: VadConfig = VadConfig()
+    streaming_params: StreamingParams = StreamingParams()
+    whisper_params: WhisperParams = WhisperParams()
+    stream_id: str | None = Field(None, max_length=200)
+    include_timing_info: bool = False
+    streaming_diarization_config: dict[str, Any] | None = None
+    diarization_config: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise_shapes(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "vad_params" in data:
+            if "streaming_vad_config" in data:
+                raise ValueError("send either vad_params or streaming_vad_config, not both")
+            data["streaming_vad_config"] = data.pop("vad_params")
+        flat = data.pop("streaming_whisper_params", None)
+        if flat is not None:
+            if not isinstance(flat, dict):
+                raise ValueError("streaming_whisper_params must be an object")
+            flat = dict(flat)
+            streaming = dict(data.get("streaming_params") or {})
+            whisper = dict(data.get("whisper_params") or {})
+            for key in ("encoding", "sample_rate", "enable_partial_transcripts"):
+                if key in flat:
+                    streaming.setdefault(key, flat.pop(key))
+            for key in ("audio_language", "show_word_timestamps"):
+                if key in flat:
+                    whisper.setdefault(key, flat.pop(key))
+            if flat:
+                raise ValueError(f"unknown key(s) in streaming_whisper_params: {', '.join(sorted(flat))}")
+            data["streaming_params"], data["whisper_params"] = streaming, whisper
+        asr = data.pop("asr_options", None)
+        if asr is not None:
+            if not isinstance(asr, dict) or set(asr) - {"beam_size", "length_penalty"}:
+                raise ValueError("asr_options accepts only beam_size and length_penalty")
+            whisper = dict(data.get("whisper_params") or {})
+            sampling = dict(whisper.get("whisper_sampling_params") or {})
+            if "beam_size" in asr:
+                sampling.setdefault("beam_width", asr["beam_size"])
+            if "length_penalty" in asr:
+                sampling.setdefault("length_penalty", asr["length_penalty"])
+            whisper["whisper_sampling_params"] = sampling
+            data["whisper_params"] = whisper
+        return data
+
+    def decode_options(self) -> DecodeOptions:
+        w, s = self.whisper_params, self.whisper_params.whisper_sampling_params
+        detect = w.audio_language == "auto"
+        translate = w.output_language == "en" and w.audio_language != "en"
+        return DecodeOptions(
+            language=None if detect else w.audio_language,
+            language_options=w.language_options,
+            task="translate" if translate else "transcribe",
+            prompt=w.prompt,
+            prefix=w.prefix,
+            beam_width=s.beam_width,
+            length_penalty=s.length_penalty if s.beam_width > 1 else 1.0,
+            repetition_penalty=s.repetition_penalty,
+            no_repeat_ngram_size=s.no_repeat_ngram_size,
+            temperatures=s.sampling_temperatures,
+            max_new_tokens=s.max_new_tokens,
+            word_timestamps=w.show_word_timestamps,
+            language_detection_only=w.language_detection_only,
+        )
+
+
+# Settings accepted by the schema but not implemented yet: refused when set to a value that would change
+# results, so a client never silently gets something other than what it asked for.
+NOT_IMPLEMENTED: dict[str, Any] = {
+    "streaming_params.encoding": "pcm_s16le",
+    "streaming_params.sample_rate": 16000,
+    "streaming_params.include_pipeline_latency_metric": False,
+    "include_timing_info": False,
+    "whisper_params.use_dynamic_preprocessing": False,
+    "whisper_params.show_word_timestamps": False,
+    "whisper_params.enable_vad": True,
+    "whisper_params.show_beam_results": False,
+    "whisper_params.enable_chunk_level_language_detection": False,
+    "whisper_params.language_detection_only": False,
+    "whisper_params.enable_diarization": False,
+    "whisper_params.whisper_sampling_params.beam_search_diversity_rate": 0.0,
+    "streaming_diarization_config": None,
+    "diarization_config": None,
+}
+UNSUPPORTED_CLOSE = {"streaming_params.encoding", "streaming_params.sample_rate"}
+
+
+class ConfigError(ValueError):
+    """Bad metadata. `field` names the offending key; `unsupported` marks valid-but-unserved settings."""
+
+    def __init__(self, message: str, field: str | None = None, unsupported: bool = False) -> None:
+        super().__init__(message)
+        self.field = field
+        self.unsupported = unsupported
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "metadata"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown field {loc!r}"
+    if kind == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        return f"{loc}: got {error.get('input')!r}, allowed values: {allowed}"
+    ctx = error.get("ctx") or {}
+    bounds = [f"{k.replace('_', ' ')} {v}" for k, v in ctx.items() if k in ("ge", "gt", "le", "lt")]
+    bound_text = f" (allowed: {', '.join(bounds)})" if bounds else ""
+    return f"{loc}: {error['msg']}{bound_text}; got {error.get('input')!r}"
+
+
+def parse_metadata(raw: Any) -> StreamConfig:
+    """Validate the first frame (already JSON-decoded). Raises ConfigError naming the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"metadata must be a JSON object, got {type(raw).__name__}")
+    try:
+        config = StreamConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        alias = "vad_params" if "vad_params" in raw else None
+        loc = ".".join(str(p) for p in errors[0]["loc"]) or None
+        message = "; ".join(_describe(e) for e in errors[:5])
+        if alias:  # name the key the client actually sent
+            message = message.replace("streaming_vad_config", alias)
+            loc = loc.replace("streaming_vad_config", alias) if loc else loc
+        raise ConfigError(f"invalid metadata: {message}", field=loc) from None
+    for field, default in NOT_IMPLEMENTED.items():
+        value = _get(config, field)
+        if value != default:
+            raise ConfigError(
+                f"{field}={value!r} is not supported by this server yet (supported: {default!r})",
+                field=field,
+                unsupported=True,
+            )
+    return config

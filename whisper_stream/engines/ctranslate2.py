@@ -1,0 +1,247 @@
+"""The in-process CPU engine: faster-whisper's CTranslate2 Whisper, batched across streams.
+
+One call encodes every window of a batch together (the encoder always sees 30 s, so batching is where the
+throughput is), detects languages where asked, then decodes requests with equal decoding options in one
+`generate` call. Temperature fallback re-decodes only the items that failed Whisper's compression-ratio /
+log-prob checks. Blocking work runs in one worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from whisper_stream.engine import (
+    COMPRESSION_RATIO_THRESHOLD,
+    LOG_PROB_THRESHOLD,
+    MAX_WINDOW_S,
+    NO_SPEECH_THRESHOLD,
+    SAMPLE_RATE,
+    DecodeOptions,
+    Segment,
+    TranscribeRequest,
+    TranscribeResult,
+)
+from whisper_stream.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+N_SAMPLES = int(MAX_WINDOW_S * SAMPLE_RATE)
+N_FRAMES = 3000
+MAX_TEXT_TOKENS = 448
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 1.0
+
+
+def _generation_key(o: DecodeOptions) -> tuple[Any, ...]:
+    """Options that must be equal for requests to share one generate call (the rest live in the prompt)."""
+    return (o.beam_width, o.length_penalty, o.repetition_penalty, o.no_repeat_ngram_size, o.max_new_tokens)
+
+
+class CTranslate2Engine:
+    name = "ctranslate2"
+    max_inflight = 1  # one call uses every core; more in flight would only queue inside CTranslate2
+
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        cpu_threads: int = 0,
+        max_batch_size: int = 8,
+    ) -> None:
+        import ctranslate2
+        import tokenizers
+        from faster_whisper.feature_extractor import FeatureExtractor
+        from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
+
+        self._ct2 = ctranslate2
+        self.model_path = resolve_model(model)
+        self.model_name = model or "base"
+        self.max_batch_size = max_batch_size
+        self._model = ctranslate2.models.Whisper(
+            self.model_path, device=device, compute_type=compute_type, intra_threads=cpu_threads
+        )
+        self.multilingual = self._model.is_multilingual
+        self._features = FeatureExtractor(feature_size=self._model.n_mels)
+        hf = tokenizers.Tokenizer.from_file(f"{self.model_path}/tokenizer.json")
+        self._tok = Tokenizer(hf, self.multilingual, task="transcribe", language="en")
+        self._suppress = list(self._suppressed_tokens())
+        self._languages = set(_LANGUAGE_CODES) if self.multilingual else {"en"}
+
+    # -- Engine protocol ------------------------------------------------------------------------------
+
+    async def transcribe(self, requests: Sequence[TranscribeRequest]) -> list[TranscribeResult]:
+        return await asyncio.to_thread(self.transcribe_sync, requests)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    # -- blocking implementation ----------------------------------------------------------------------
+
+    def check_options(self, options: DecodeOptions) -> None:
+        """Raise ValueError for options this model cannot honour (called at stream start)."""
+        langs = ([options.language] if options.language else []) + list(options.language_options)
+        for lang in langs:
+            if lang not in self._languages:
+                raise ValueError(
+                    f"language {lang!r} is not supported by model {self.model_name}"
+                    + ("" if self.multilingual else " (an English-only model)")
+                )
+        if not self.multilingual and (options.language is None or options.task == "translate"):
+            raise ValueError(f"model {self.model_name} is English-only: no language detection or translation")
+
+    def transcribe_sync(self, requests: Sequence[TranscribeRequest]) -> list[TranscribeResult]:
+        results: list[TranscribeResult | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+        for i, req in enumerate(requests):
+            groups[_generation_key(req.options)].append(i)
+        for indices in groups.values():
+            for i, res in zip(indices, self._transcribe_group([requests[i] for i in indices]), strict=True):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _mel(self, audio: np.ndarray) -> np.ndarray:
+        audio = audio[:N_SAMPLES].astype(np.float32, copy=False)
+        mel = self._features(audio, padding=N_SAMPLES - len(audio) + 160)
+        return mel[:, :N_FRAMES]
+
+    def _transcribe_group(self, requests: list[TranscribeRequest]) -> list[TranscribeResult]:
+        features = np.stack([self._mel(r.audio) for r in requests])
+        encoded = self._model.encode(self._ct2.StorageView.from_array(features), to_cpu=False)
+        languages = self._languages_for(requests, encoded)
+        opts = requests[0].options
+        prompts = [self._prompt(r.options, lang) for r, (lang, _) in zip(requests, languages, strict=True)]
+        decoded = self._generate_with_fallback(encoded, prompts, [r.options for r in requests], opts)
+        out = []
+        for req, (lang, prob), seg in zip(requests, languages, decoded, strict=True):
+            duration = len(req.audio) / SAMPLE_RATE
+            if req.options.language_detection_only:
+                segments: tuple[Segment, ...] = ()
+            else:
+                segments = (replace(seg, start=0.0, end=round(duration, 3)),) if seg.text.strip() else ()
+            out.append(TranscribeResult(segments=segments, language=lang, language_prob=prob))
+        return out
+
+    def _languages_for(
+        self, requests: list[TranscribeRequest], encoded: Any
+    ) -> list[tuple[str, float | None]]:
+        fixed: list[tuple[str, float | None]] = [(r.options.language or "", None) for r in requests]
+        todo = [i for i, r in enumerate(requests) if r.options.language is None]
+        if not todo:
+            return fixed
+        detected = self._model.detect_language(encoded)
+        for i in todo:
+            allowed = set(requests[i].options.language_options)
+            scores = [(tok[2:-2], p) for tok, p in detected[i] if not allowed or tok[2:-2] in allowed]
+            lang, p = max(scores, key=lambda s: s[1])
+            total = sum(s[1] for s in scores) if allowed else 1.0
+            fixed[i] = (lang, float(p / total) if total > 0 else float(p))
+        return fixed
+
+    def _prompt(self, o: DecodeOptions, language: str) -> list[int]:
+        tok = self._tok
+        prompt: list[int] = []
+        if o.prompt.strip():
+            ids = tok.encode(" " + o.prompt.strip())
+            prompt = [tok.sot_prev, *ids[-(MAX_TEXT_TOKENS // 2 - 1) :]]
+        prompt.append(tok.sot)
+        if self.multilingual:
+            prompt += [
+                tok.tokenizer.token_to_id(f"<|{language}|>"),
+                tok.translate if o.task == "translate" else tok.transcribe,
+            ]
+        prompt.append(tok.no_timestamps)
+        if o.prefix.strip():
+            prompt += tok.encode(" " + o.prefix.strip())
+        return prompt
+
+    def _generate_with_fallback(
+        self, encoded: Any, prompts: list[list[int]], options: list[DecodeOptions], o: DecodeOptions
+    ) -> list[Segment]:
+        best: list[Segment | None] = [None] * len(prompts)
+        pending = list(range(len(prompts)))
+        ladder = o.temperatures or (0.0,)
+        arr = None
+        for step, temperature in enumerate(ladder):
+            if step == 0:
+                view = encoded
+            else:
+                arr = np.asarray(encoded) if arr is None else arr
+                view = self._ct2.StorageView.from_array(np.ascontiguousarray(arr[pending]))
+            kwargs: dict[str, Any] = (
+                {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
+                if temperature > 0
+                else {"beam_size": o.beam_width}
+            )
+            max_length = min(MAX_TEXT_TOKENS, max(len(prompts[i]) for i in pending) + o.max_new_tokens)
+            results = self._model.generate(
+                view,
+                [prompts[i] for i in pending],
+                length_penalty=o.length_penalty,
+                repetition_penalty=o.repetition_penalty,
+                no_repeat_ngram_size=o.no_repeat_ngram_size,
+                max_length=max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_tokens=self._suppress,
+                **kwargs,
+            )
+            still = []
+            for i, res in zip(pending, results, strict=True):
+                tokens = [t for t in res.sequences_ids[0] if t < self._tok.eot]
+                n = len(res.sequences_ids[0])
+                avg = res.scores[0] * (n**o.length_penalty) / (n + 1)
+                text = self._tok.decode(tokens)
+                seg = Segment(
+                    start=0.0,
+                    end=0.0,
+                    text=text,
+                    avg_logprob=float(avg),
+                    no_speech_prob=float(res.no_speech_prob),
+                    compression_ratio=compression_ratio(text.strip()),
+                    temperature=temperature,
+                )
+                prev = best[i]
+                if prev is None or _preferable(seg, prev):
+                    best[i] = seg
+                if _needs_fallback(seg) and step + 1 < len(ladder):
+                    still.append(i)
+            if not still:
+                break
+            pending = still
+        return best  # type: ignore[return-value]
+
+    def _suppressed_tokens(self) -> set[int]:
+        tok = self._tok
+        ids = set(tok.non_speech_tokens)
+        ids.update([tok.transcribe, tok.translate, tok.sot, tok.sot_prev, tok.sot_lm, tok.no_speech])
+        return ids
+
+
+def _needs_fallback(seg: Segment) -> bool:
+    if seg.no_speech_prob > NO_SPEECH_THRESHOLD and seg.avg_logprob < LOG_PROB_THRESHOLD:
+        return False  # silence: a higher temperature would only invent text
+    return seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD or seg.avg_logprob < LOG_PROB_THRESHOLD
+
+
+def _preferable(new: Segment, old: Segment) -> bool:
+    """Whisper's choice when every temperature fails: best log-prob among non-repetitive results."""
+    new_ok = new.compression_ratio <= COMPRESSION_RATIO_THRESHOLD
+    old_ok = old.compression_ratio <= COMPRESSION_RATIO_THRESHOLD
+    if new_ok != old_ok:
+        return new_ok
+    return new.avg_logprob > old.avg_logprob

@@ -1,0 +1,128 @@
+"""Batches transcription requests from all streams into engine calls: finals first, partials shed.
+
+Finals are never dropped. Partials are best-effort: each stream has at most one in flight (the session
+enforces it); a queued partial whose utterance has meanwhile ended (its final is queued) is dropped unrun,
+and so is one still waiting after `partial_max_wait_s`. Up to `engine.max_inflight` calls run at once (1 for the in-process CPU engine, several for
+Triton, whose dynamic batcher merges them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from whisper_stream.engine import Engine, EngineUnavailable, TranscribeRequest, TranscribeResult
+
+log = logging.getLogger(__name__)
+
+# Called with (result, error). Both None: the request was shed (partials only).
+Callback = Callable[[TranscribeResult | None, str | None], None]
+
+
+@dataclass
+class Job:
+    owner: object
+    kind: str  # "final" | "partial"
+    request: TranscribeRequest
+    callback: Callback
+    wanted: Callable[[], bool] = lambda: True  # a partial whose utterance already ended is not run
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class SchedulerStats:
+    calls: int = 0
+    requests: int = 0
+    partials_shed: int = 0
+    max_batch: int = 0
+    busy_s: float = 0.0
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, partial_max_wait_s: float = 10.0) -> None:
+        self.engine = engine
+        self.partial_max_wait_s = partial_max_wait_s
+        self._finals: deque[Job] = deque()
+        self._partials: deque[Job] = deque()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(max(1, engine.max_inflight))
+        self._task: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+        self.stats = SchedulerStats()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, *self._calls, return_exceptions=True)
+            self._task = None
+
+    def submit(self, job: Job) -> None:
+        (self._finals if job.kind == "final" else self._partials).append(job)
+        self._wake.set()
+
+    def cancel(self, owner: object) -> None:
+        """Forget the queued work of a stream that went away."""
+        self._finals = deque(j for j in self._finals if j.owner is not owner)
+        self._partials = deque(j for j in self._partials if j.owner is not owner)
+
+    @property
+    def queued(self) -> int:
+        return len(self._finals) + len(self._partials)
+
+    def _next_batch(self) -> list[Job]:
+        now = time.monotonic()
+        while self._partials and now - self._partials[0].queued_at > self.partial_max_wait_s:
+            job = self._partials.popleft()
+            self.stats.partials_shed += 1
+            log.debug("partial shed after %.2f s in queue", now - job.queued_at)
+            job.callback(None, None)
+        size = self.engine.max_batch_size
+        batch = [self._finals.popleft() for _ in range(min(size, len(self._finals)))]
+        while len(batch) < size and self._partials:
+            batch.append(self._partials.popleft())
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            if not self._finals and not self._partials:
+                self._wake.clear()
+                await self._wake.wait()
+            await self._slots.acquire()
+            batch = self._next_batch()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._call(batch))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: list[Job]) -> None:
+        started = time.monotonic()
+        try:
+            results = await self.engine.transcribe([j.request for j in batch])
+        except EngineUnavailable as exc:
+            for job in batch:
+                job.callback(None, f"engine unavailable: {exc}")
+            return
+        except Exception as exc:  # a bad batch must not kill the scheduler
+            log.exception("engine call failed")
+            for job in batch:
+                job.callback(None, f"transcription failed: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._slots.release()
+            self.stats.calls += 1
+            self.stats.requests += len(batch)
+            self.stats.max_batch = max(self.stats.max_batch, len(batch))
+            self.stats.busy_s += time.monotonic() - started
+            log.debug("engine call: %s in %.3f s", [j.kind for j in batch], time.monotonic() - started)
+        for job, result in zip(batch, results, strict=True):
+            job.callback(result, None)

@@ -1,0 +1,141 @@
+"""The standalone WebSocket server: a thin `websockets` adapter around `stream.serve_stream`.
+
+Paths: `/v1/websocket` (the Truss path), and Baseten's public forms `/environments/{env}/websocket` and
+`/deployment/{id}/websocket`, so a URL copied from Baseten works locally. `GET /health` answers 200 when
+the engine is ready and 503 otherwise. Any websockets client version works: the legacy client's
+`extra_headers=` and the current `additional_headers=` only differ on the client side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import re
+import signal
+from collections.abc import Awaitable, Callable
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from whisper_stream.engine import Engine
+from whisper_stream.scheduler import Scheduler
+from whisper_stream.settings import ServerSettings
+from whisper_stream.stream import Limits, Runtime, TransportClosed, serve_stream
+from whisper_stream.vad import SileroModel
+
+log = logging.getLogger(__name__)
+
+WEBSOCKET_PATH = re.compile(r"^/(v1/websocket|environments/[^/]+/websocket|deployment/[^/]+/websocket)/?$")
+HARD_MAX_FRAME = 16 << 20  # beyond this websockets itself closes with 1009 before we see the frame
+
+
+class WebsocketTransport:
+    def __init__(self, ws: ServerConnection) -> None:
+        self._ws = ws
+
+    async def recv(self) -> str | bytes:
+        try:
+            return await self._ws.recv()
+        except ConnectionClosed as exc:
+            raise TransportClosed from exc
+
+    async def send(self, text: str) -> None:
+        try:
+            await self._ws.send(text)
+        except ConnectionClosed as exc:
+            raise TransportClosed from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code, reason)
+
+
+def build_engine(settings: ServerSettings) -> Engine:
+    if settings.engine == "triton":
+        from whisper_stream.engines.triton import TritonEngine
+
+        return TritonEngine(
+            url=settings.triton_url,
+            model_name=settings.triton_model,
+            max_batch_size=settings.max_batch_size,
+            max_inflight=settings.triton_max_inflight,
+        )
+    from whisper_stream.engines.ctranslate2 import CTranslate2Engine
+
+    return CTranslate2Engine(
+        settings.model,
+        device=settings.device,
+        compute_type=settings.compute_type,
+        cpu_threads=settings.cpu_threads,
+        max_batch_size=settings.max_batch_size,
+    )
+
+
+def build_runtime(settings: ServerSettings, engine: Engine | None = None) -> Runtime:
+    engine = engine or build_engine(settings)
+    scheduler = Scheduler(engine, partial_max_wait_s=settings.partial_max_wait_s)
+    limits = Limits(max_frame_bytes=settings.max_frame_bytes, max_streams=settings.max_streams)
+    return Runtime(scheduler, SileroModel(), limits)
+
+
+def _authorized(request: Request, api_key: str | None) -> bool:
+    if not api_key:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() in ("api-key", "bearer") and token.strip() == api_key
+
+
+def request_router(runtime: Runtime, api_key: str | None) -> Callable[..., Awaitable[Response | None]]:
+    async def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path in ("/health", "/healthz", "/v1/health"):
+            ready = await runtime.scheduler.engine.ready()
+            status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return connection.respond(status, "ready\n" if ready else "engine not ready\n")
+        if not WEBSOCKET_PATH.match(path):
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "use /v1/websocket\n")
+        if not _authorized(request, api_key):
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key\n")
+        return None
+
+    return process_request
+
+
+async def start_server(settings: ServerSettings, runtime: Runtime) -> Server:
+    runtime.scheduler.start()
+
+    async def handler(ws: ServerConnection) -> None:
+        await serve_stream(WebsocketTransport(ws), runtime)
+
+    return await serve(
+        handler,
+        settings.host,
+        settings.port,
+        process_request=request_router(runtime, settings.api_key),
+        max_size=HARD_MAX_FRAME,
+        max_queue=64,
+        ping_interval=20,
+        ping_timeout=60,
+    )
+
+
+async def run(settings: ServerSettings) -> None:
+    runtime = build_runtime(settings)
+    server = await start_server(settings, runtime)
+    port = next(iter(server.sockets)).getsockname()[1]
+    engine = runtime.scheduler.engine
+    print(
+        f"whisper-stream: serving ws://{settings.host}:{port}/v1/websocket "
+        f"(engine {engine.name}, model {engine.model_name})",
+        flush=True,
+    )
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    await stop
+    server.close()
+    await server.wait_closed()
+    await runtime.scheduler.stop()
+    await engine.close()

@@ -1,0 +1,468 @@
+"""One stream's state machine, sans-I/O: events in (audio bytes, text frames, engine results), actions out.
+
+No sockets, threads or clock reads: callers pass `now` and carry out the returned actions (send a message,
+run a transcription, close). Every endpointing and ordering rule is therefore testable with synthetic audio,
+a fake VAD and a fake clock.
+
+Endpointing follows Silero's streaming rule: speech starts at a frame with p >= threshold and ends once
+p < threshold - 0.15 has lasted `min_silence_duration_ms`; `speech_pad_ms` is added on both sides but never
+reaches back into audio an earlier final already covered, so consecutive finals never share audio. A segment
+that reaches `final_transcript_max_duration_s` is cut at its quietest frame near the end and the rest of the
+speech continues in the next segment: every sample of speech is in exactly one final.
+
+Memory per stream is bounded: the audio buffer holds at most the maximum segment plus padding (about 2 MB
+for 30 s), and at most one partial is in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from whisper_stream import messages
+from whisper_stream.audio import PcmDecoder
+from whisper_stream.config import StreamConfig
+from whisper_stream.engine import SAMPLE_RATE, TranscribeRequest, TranscribeResult
+from whisper_stream.hallucination import is_silence, possible_hallucination
+from whisper_stream.vad import FRAME, NEG_OFFSET, SpeechProbability
+
+log = logging.getLogger(__name__)
+
+MIN_SPEECH_FRAMES = 2  # shorter blips (< 64 ms) are clicks, not words: never sent to Whisper
+CUT_SEARCH_S = 3.0  # a forced cut looks for the quietest frame within the last seconds of the segment
+
+
+@dataclass(frozen=True)
+class Send:
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    request_id: int
+    kind: Literal["partial", "final"]
+    request: TranscribeRequest
+    segment: int
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+Action = Send | Transcribe | Close
+
+
+@dataclass
+class _Pending:
+    kind: Literal["partial", "final"]
+    segment: int
+    start_s: float
+    end_s: float
+    flush: bool = False
+
+
+@dataclass
+class _Done:
+    """A final whose result (or failure) arrived, waiting for the finals before it."""
+
+    pending: _Pending
+    result: TranscribeResult | None
+    error: str | None = None
+
+
+@dataclass
+class SessionStats:
+    finals_sent: int = 0
+    partials_sent: int = 0
+    partials_dropped: int = 0
+    segments: list[tuple[float, float]] = field(default_factory=list)
+
+
+class Session:
+    def __init__(
+        self,
+        config: StreamConfig,
+        vad: SpeechProbability,
+        *,
+        stream_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.stream_id = stream_id or config.stream_id
+        self._vad = vad
+        v, s = config.streaming_vad_config, config.streaming_params
+        self._threshold = v.threshold
+        self._min_silence = max(1, round(v.min_silence_duration_ms * SAMPLE_RATE / 1000 / FRAME))
+        self._pad = v.speech_pad_ms * SAMPLE_RATE // 1000
+        self._max_samples = int(s.final_transcript_max_duration_s * SAMPLE_RATE)
+        self._partials = s.enable_partial_transcripts
+        self._partial_every = int(s.partial_transcript_interval_s * SAMPLE_RATE)
+        self._skip_hallucinated_partials = s.skip_partial_if_hallucination
+        self._options = config.decode_options()
+        self._partial_options = replace(self._options, temperatures=self._options.temperatures[:1])
+
+        self._decoder = PcmDecoder()
+        self._tail = np.zeros(0, dtype=np.float32)  # samples not yet forming a whole VAD frame
+        # Audio buffer: stream samples [_buf_start, _buf_start + _buf_len).
+        self._buf = np.zeros(self._max_samples + 2 * self._pad + 4 * SAMPLE_RATE, dtype=np.float32)
+        self._buf_start = 0
+        self._buf_len = 0
+        self._frame_probs: list[float] = []  # VAD probability per frame of the open segment
+        self._floor = 0  # first sample not yet covered by a final
+
+        self._in_speech = False
+        self._seg_start = 0  # stream sample where the open segment's audio starts (incl. padding)
+        self._speech_frames = 0
+        self._silence_start: int | None = None  # stream sample where the current low-probability run began
+        self._segment = 0  # index of the open (or next) segment
+        self._since_partial = 0
+
+        self._next_id = 0
+        self._inflight: dict[int, _Pending] = {}
+        self._partial_inflight: int | None = None
+        self._finals_order: list[int] = []  # request ids of finals, in segment order
+        self._done: dict[int, _Done] = {}
+        self._held_partial: tuple[_Pending, TranscribeResult] | None = None
+        self._covered_s = 0.0  # end of the audio the latest sent transcription covers
+        self._ending = False
+        self.finished = False
+        self.stats = SessionStats()
+
+    # -- properties ------------------------------------------------------------------------------------
+
+    @property
+    def received_s(self) -> float:
+        return (self._buf_start + self._buf_len) / SAMPLE_RATE
+
+    @property
+    def lag_s(self) -> float:
+        """Seconds of received audio that no sent message covers yet, and that is not known silence."""
+        if not self._in_speech and not self._finals_order:
+            return len(self._tail) / SAMPLE_RATE
+        return self.received_s - self._covered_s
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    def feed_audio(self, data: bytes, now: float) -> list[Action]:
+        if self._ending:
+            return [self._error("STREAM_ERROR", "audio after end_audio is ignored", True, now)]
+        samples = self._decoder.decode(data)
+        if len(self._tail):
+            samples = np.concatenate([self._tail, samples])
+        n = len(samples) // FRAME
+        self._tail = samples[n * FRAME :].copy()
+        if n == 0:
+            return []
+        frames = samples[: n * FRAME].reshape(n, FRAME)
+        probs = self._vad(frames)
+        actions: list[Action] = []
+        for frame, p in zip(frames, probs, strict=True):
+            actions += self._on_frame(frame, float(p))
+        return actions
+
+    def handle_text(self, text: str, now: float) -> list[Action]:
+        """A text frame after the metadata: a control message, or a recoverable error."""
+        if text.strip().lower() == "finalize":  # pipecat's bare flush signal
+            return self.finalize()
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return [
+                self._error(
+                    "STREAM_ERROR",
+                    'text frame is not valid JSON; send a control message such as {"type": "end_audio"}',
+                    True,
+                    now,
+                )
+            ]
+        if not isinstance(msg, dict):
+            return [self._error("STREAM_ERROR", "control message must be a JSON object", True, now)]
+        if msg.get("terminate_session") is True:  # LiveKit's end-of-stream signal
+            return self.end_audio(now)
+        kind = msg.get("type")
+        if kind == "end_audio":
+            return self.end_audio(now, msg.get("trace_id"))
+        if kind == "finalize":
+            return self.finalize()
+        if kind == "health_check":
+            return [Send(messages.health(msg.get("trace_id"), now, self.stream_id, self.lag_s))]
+        return [
+            self._error(
+                "STREAM_ERROR",
+                f"unknown control message type {kind!r}; expected one of "
+                "'end_audio', 'finalize', 'health_check'",
+                True,
+                now,
+            )
+        ]
+
+    def end_audio(self, now: float, trace_id: Any = None) -> list[Action]:
+        if self._ending:
+            return []
+        actions: list[Action] = [Send(messages.end_audio("acknowledged", trace_id))]
+        if len(self._tail) or self._decoder.pending_bytes:
+            padded = np.zeros(FRAME, dtype=np.float32)
+            padded[: len(self._tail)] = self._tail
+            self._tail = np.zeros(0, dtype=np.float32)
+            actions += self._on_frame(padded, float(self._vad(padded[None, :])[0]))
+        self._ending = True
+        if self._in_speech:
+            actions += self._close_segment(self._buf_end, flush=True)
+        return actions + self._maybe_finish()
+
+    def finalize(self) -> list[Action]:
+        """Turn the speech so far into a final now; the stream stays open."""
+        if not self._in_speech:
+            return []
+        return self._close_segment(self._buf_end)
+
+    def on_result(
+        self, request_id: int, result: TranscribeResult | None, error: str | None, now: float
+    ) -> list[Action]:
+        """An engine answer (`result`), a failure (`error`), or a shed partial (both None)."""
+        pending = self._inflight.pop(request_id, None)
+        if pending is None:
+            return []
+        if pending.kind == "partial":
+            self._partial_inflight = None
+            if result is None:
+                self.stats.partials_dropped += 1
+                return [self._error("TRANSCRIPTION_ERROR", error, True, now)] if error else []
+            return self._on_partial(pending, result)
+        self._done[request_id] = _Done(pending, result, error)
+        return self._deliver_finals(now)
+
+    def partial_wanted(self, request_id: int) -> bool:
+        """Whether a queued partial is still worth running (its utterance is still going on)."""
+        pending = self._inflight.get(request_id)
+        return bool(pending) and self._in_speech and pending.segment == self._segment and not self._ending
+
+    # -- endpointing -----------------------------------------------------------------------------------
+
+    @property
+    def _buf_end(self) -> int:
+        return self._buf_start + self._buf_len
+
+    def _append(self, frame: np.ndarray) -> None:
+        if self._buf_len + len(frame) > len(self._buf):
+            self._trim(self._buf_end - (len(self._buf) - len(frame)))
+        self._buf[self._buf_len : self._buf_len + len(frame)] = frame
+        self._buf_len += len(frame)
+
+    def _trim(self, keep_from: int) -> None:
+        """Drop buffered audio before stream sample `keep_from`."""
+        drop = min(max(0, keep_from - self._buf_start), self._buf_len)
+        if drop:
+            self._buf[: self._buf_len - drop] = self._buf[drop : self._buf_len]
+            self._buf_len -= drop
+            self._buf_start += drop
+
+    def _audio(self, start: int, end: int) -> np.ndarray:
+        return self._buf[start - self._buf_start : end - self._buf_start].copy()
+
+    def _on_frame(self, frame: np.ndarray, p: float) -> list[Action]:
+        frame_start = self._buf_end
+        self._append(frame)
+        if not self._in_speech:
+            if p >= self._threshold:
+                self._in_speech = True
+                self._seg_start = max(self._floor, self._buf_start, frame_start - self._pad)
+                self._speech_frames = 1
+                self._silence_start = None
+                self._since_partial = self._buf_end - self._seg_start
+                self._frame_probs = [p]
+            else:
+                self._trim(self._buf_end - self._pad)  # keep only what pre-padding may need
+            return []
+        self._frame_probs.append(p)
+        if p >= self._threshold:
+            self._silence_start = None
+            self._speech_frames += 1
+        elif p < self._threshold - NEG_OFFSET and self._silence_start is None:
+            self._silence_start = frame_start
+        if self._silence_start is not None:
+            if (self._buf_end - self._silence_start) // FRAME >= self._min_silence:
+                end = min(self._buf_end, self._silence_start + self._pad)
+                return self._close_segment(end)
+        actions: list[Action] = []
+        if self._buf_end - self._seg_start >= self._max_samples:
+            actions += self._forced_cut()
+        self._since_partial += FRAME
+        if (
+            self._partials
+            and self._in_speech
+            and self._partial_inflight is None
+            and self._since_partial >= self._partial_every
+            and not self._ending
+        ):
+            actions.append(self._request("partial", self._seg_start, self._buf_end))
+        return actions
+
+    def _forced_cut(self) -> list[Action]:
+        """Final for the first part of a too-long segment, cut at its quietest recent frame."""
+        n = len(self._frame_probs)
+        first_frame_start = self._buf_end - n * FRAME
+        search = min(n - 1, int(CUT_SEARCH_S * SAMPLE_RATE) // FRAME)
+        window = self._frame_probs[n - 1 - search : n - 1] or self._frame_probs[:1]
+        quietest = n - 1 - search + int(np.argmin(window)) if search else n - 1
+        cut = first_frame_start + quietest * FRAME + FRAME // 2
+        cut = max(self._seg_start + SAMPLE_RATE, min(cut, self._buf_end))
+        actions = [self._request("final", self._seg_start, cut)]
+        self._floor = cut
+        self._segment += 1
+        self._seg_start = cut
+        self._frame_probs = self._frame_probs[quietest:]
+        self._since_partial = self._buf_end - cut
+        if self._silence_start is not None and self._silence_start < cut:
+            self._silence_start = cut
+        return actions
+
+    def _close_segment(self, end: int, flush: bool = False) -> list[Action]:
+        start = self._seg_start
+        self._in_speech = False
+        self._frame_probs = []
+        self._floor = end
+        actions: list[Action] = []
+        if self._speech_frames >= MIN_SPEECH_FRAMES or flush:
+            if end > start:
+                actions.append(self._request("final", start, end, flush=flush))
+            self._segment += 1
+        self._speech_frames = 0
+        self._silence_start = None
+        self._trim(max(end, self._buf_end - self._pad))
+        return actions
+
+    def _request(
+        self, kind: Literal["partial", "final"], start: int, end: int, flush: bool = False
+    ) -> Transcribe:
+        rid = self._next_id
+        self._next_id += 1
+        pending = _Pending(kind, self._segment, start / SAMPLE_RATE, end / SAMPLE_RATE, flush)
+        self._inflight[rid] = pending
+        options = self._options if kind == "final" else self._partial_options
+        if kind == "final":
+            self._finals_order.append(rid)
+            self.stats.segments.append((pending.start_s, pending.end_s))
+        else:
+            self._partial_inflight = rid
+            self._since_partial = 0
+        return Transcribe(
+            rid,
+            kind,
+            TranscribeRequest(self._audio(start, end), options),
+            self._segment,
+            pending.start_s,
+            pending.end_s,
+        )
+
+    # -- results -----------------------------------------------------------------------------------------
+
+    def _message(self, pending: _Pending, result: TranscribeResult, is_final: bool) -> dict[str, Any] | None:
+        word_ts = self._options.word_timestamps
+        segs = [
+            messages.segment_dict(
+                seg,
+                pending.start_s,
+                result.language,
+                result.language_prob,
+                possible_hallucination(seg),
+                word_ts,
+            )
+            for seg in result.segments
+            if seg.text.strip() and not is_silence(seg)
+        ]
+        if not segs and not self._options.language_detection_only:
+            return None
+        self._covered_s = max(self._covered_s, pending.end_s)
+        return messages.transcription(
+            is_final=is_final,
+            number=pending.segment,
+            segments=segs,
+            language=result.language,
+            language_prob=result.language_prob,
+            audio_length_s=pending.end_s - pending.start_s,
+            lag_s=self.received_s - pending.end_s,
+            flush=pending.flush,
+        )
+
+    def _on_partial(self, pending: _Pending, result: TranscribeResult) -> list[Action]:
+        stale = not self._in_speech or pending.segment != self._segment or self._ending
+        if stale:
+            log.debug("stale partial dropped (segment %d, open %d)", pending.segment, self._segment)
+            self.stats.partials_dropped += 1
+            return []
+        if self._skip_hallucinated_partials and any(possible_hallucination(s) for s in result.segments):
+            log.debug("partial skipped as possible hallucination: %s", result.segments)
+            self.stats.partials_dropped += 1
+            return []
+        if self._finals_order:  # earlier finals still on their way: the partial waits behind them
+            self._held_partial = (pending, result)
+            return []
+        msg = self._message(pending, result, is_final=False)
+        if msg is None:
+            return []
+        self.stats.partials_sent += 1
+        return [Send(msg)]
+
+    def _deliver_finals(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        while self._finals_order and self._finals_order[0] in self._done:
+            done = self._done.pop(self._finals_order.pop(0))
+            if done.result is None:
+                actions.append(
+                    self._error(
+                        "TRANSCRIPTION_ERROR",
+                        done.error or "transcription failed",
+                        True,
+                        now,
+                        start_time=done.pending.start_s,
+                        end_time=done.pending.end_s,
+                    )
+                )
+                continue
+            msg = self._message(done.pending, done.result, is_final=True)
+            if msg is None and done.pending.flush:  # the flush is always marked, even when it is empty
+                msg = messages.transcription(
+                    is_final=True,
+                    number=done.pending.segment,
+                    segments=[],
+                    language=done.result.language,
+                    language_prob=done.result.language_prob,
+                    audio_length_s=done.pending.end_s - done.pending.start_s,
+                    lag_s=0.0,
+                    flush=True,
+                )
+            if msg is not None:
+                self.stats.finals_sent += 1
+                actions.append(Send(msg))
+        if not self._finals_order and self._held_partial is not None:
+            pending, result = self._held_partial
+            self._held_partial = None
+            if self._in_speech and pending.segment == self._segment and not self._ending:
+                msg = self._message(pending, result, is_final=False)
+                if msg is not None:
+                    self.stats.partials_sent += 1
+                    actions.append(Send(msg))
+        return actions + self._maybe_finish()
+
+    def _maybe_finish(self) -> list[Action]:
+        if self._ending and not self._finals_order and not self.finished:
+            self.finished = True
+            return [Send(messages.end_audio("finished")), Close(1000, "end of audio")]
+        return []
+
+    def _error(self, kind: str, message: str, recoverable: bool, now: float, **extra: Any) -> Send:
+        return Send(
+            messages.error(kind, message, stream_id=self.stream_id, recoverable=recoverable, now=now, **extra)
+        )
+
+
+VadFactory = Callable[[], SpeechProbability]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,16 +18,14 @@ from typing import Any
 import numpy as np
 
 from whisper_stream.engine import (
-    COMPRESSION_RATIO_THRESHOLD,
-    LOG_PROB_THRESHOLD,
     MAX_WINDOW_S,
-    NO_SPEECH_THRESHOLD,
     SAMPLE_RATE,
     DecodeOptions,
     Segment,
     TranscribeRequest,
     TranscribeResult,
 )
+from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
 from whisper_stream.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -36,11 +33,6 @@ log = logging.getLogger(__name__)
 N_SAMPLES = int(MAX_WINDOW_S * SAMPLE_RATE)
 N_FRAMES = 3000
 MAX_TEXT_TOKENS = 448
-
-
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 1.0
 
 
 def _generation_key(o: DecodeOptions) -> tuple[Any, ...]:
@@ -216,9 +208,9 @@ class CTranslate2Engine:
                     temperature=temperature,
                 )
                 prev = best[i]
-                if prev is None or _preferable(seg, prev):
+                if prev is None or preferable(seg, prev):
                     best[i] = seg
-                if _needs_fallback(seg) and step + 1 < len(ladder):
+                if needs_fallback(seg) and step + 1 < len(ladder):
                     still.append(i)
             if not still:
                 break
@@ -230,18 +222,3 @@ class CTranslate2Engine:
         ids = set(tok.non_speech_tokens)
         ids.update([tok.transcribe, tok.translate, tok.sot, tok.sot_prev, tok.sot_lm, tok.no_speech])
         return ids
-
-
-def _needs_fallback(seg: Segment) -> bool:
-    if seg.no_speech_prob > NO_SPEECH_THRESHOLD and seg.avg_logprob < LOG_PROB_THRESHOLD:
-        return False  # silence: a higher temperature would only invent text
-    return seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD or seg.avg_logprob < LOG_PROB_THRESHOLD
-
-
-def _preferable(new: Segment, old: Segment) -> bool:
-    """Whisper's choice when every temperature fails: best log-prob among non-repetitive results."""
-    new_ok = new.compression_ratio <= COMPRESSION_RATIO_THRESHOLD
-    old_ok = old.compression_ratio <= COMPRESSION_RATIO_THRESHOLD
-    if new_ok != old_ok:
-        return new_ok
-    return new.avg_logprob > old.avg_logprob

@@ -1,0 +1,60 @@
+"""whisper_stream.mel against openai-whisper's own log_mel_spectrogram (torch) on real speech."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from build_engine.verify import read_wav
+from whisper_stream import mel
+
+whisper = pytest.importorskip("whisper", reason="openai-whisper (reference implementation) not installed")
+torch = pytest.importorskip("torch", reason="torch (for the openai-whisper reference) not installed")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FILES = ["speech/ls_1221-135766-0002.wav", "speech/pv_de.wav", "speech/mfa_acoustic_corpus.wav"]
+
+
+def _reference(audio: np.ndarray, n_mels: int, padding: int = 0) -> np.ndarray:
+    return whisper.log_mel_spectrogram(torch.from_numpy(audio), n_mels, padding=padding).numpy()
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+@pytest.mark.parametrize("name", FILES)
+def test_window_features_match_whisper_padded_to_3000_frames(name: str, n_mels: int) -> None:
+    audio = read_wav(DATA / name)
+    assert len(audio) < mel.N_SAMPLES
+    ref = whisper.pad_or_trim(_reference(audio, n_mels, padding=mel.N_SAMPLES - len(audio)), mel.N_FRAMES)
+    ours = mel.window_features(audio, n_mels)
+    assert ours.dtype == np.float32
+    assert ours.shape == ref.shape == (n_mels, 3000)
+    assert np.abs(ours - ref).max() < 1e-3
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_unpadded_features_match_and_odd_counts_become_even(n_mels: int) -> None:
+    audio = read_wav(DATA / FILES[0])[: 16000 * 3 + 160 * 7 + 5]  # 307 frames: odd
+    ref = _reference(audio, n_mels)
+    ours = mel.log_mel_spectrogram(audio, n_mels)
+    assert ours.shape == ref.shape == (n_mels, 307)
+    assert np.abs(ours - ref).max() < 1e-3
+    even = mel.window_features(audio, n_mels, n_frames=None)
+    assert even.shape == (n_mels, 308)
+    np.testing.assert_array_equal(even[:, :307], ours)
+    np.testing.assert_array_equal(even[:, 307], 0.0)
+
+
+def test_long_audio_is_trimmed_to_one_window_and_filters_load_from_a_path() -> None:
+    audio = read_wav(DATA / "speech/mfa_michaelandsickmichael.wav")
+    assert len(audio) > mel.N_SAMPLES
+    feats = mel.window_features(audio, 128)
+    assert feats.shape == (128, 3000)
+    ref = whisper.pad_or_trim(_reference(audio[: mel.N_SAMPLES], 128), 3000)
+    assert np.abs(feats - ref).max() < 1e-3
+    assets = mel.whisper_assets_dir()
+    assert assets is not None
+    np.testing.assert_array_equal(mel.mel_filters(80, str(assets)), mel.mel_filters(80))
+    with pytest.raises(ValueError):
+        mel.mel_filters(64)

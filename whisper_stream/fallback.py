@@ -1,0 +1,29 @@
+"""Whisper's temperature-fallback rules, shared by every engine that decodes with a temperature ladder."""
+
+from __future__ import annotations
+
+import zlib
+
+from whisper_stream.engine import COMPRESSION_RATIO_THRESHOLD, LOG_PROB_THRESHOLD, Segment
+from whisper_stream.hallucination import is_silence
+
+
+def compression_ratio(text: str) -> float:
+    """gzip ratio of the text: repetition loops compress far better than speech."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 1.0
+
+
+def needs_fallback(seg: Segment) -> bool:
+    if is_silence(seg):
+        return False  # a higher temperature would only invent text
+    return seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD or seg.avg_logprob < LOG_PROB_THRESHOLD
+
+
+def preferable(new: Segment, old: Segment) -> bool:
+    """Whisper's choice when every temperature fails: best log-prob among non-repetitive results."""
+    new_ok = new.compression_ratio <= COMPRESSION_RATIO_THRESHOLD
+    old_ok = old.compression_ratio <= COMPRESSION_RATIO_THRESHOLD
+    if new_ok != old_ok:
+        return new_ok
+    return new.avg_logprob > old.avg_logprob

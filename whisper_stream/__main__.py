@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--triton-model", default=env.triton_model)
     s.add_argument("--api-key", default=env.api_key)
     s.add_argument("--max-streams", type=int, default=env.max_streams)
+    s.add_argument("--max-frame-bytes", type=int, default=env.max_frame_bytes)
+    s.add_argument("--idle-timeout-s", type=float, default=env.idle_timeout_s)
     s.add_argument("--log-level", default=env.log_level)
     args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "command"}

@@ -74,6 +74,18 @@ class WhisperParams(_Strict):
     enable_chunk_level_language_detection: bool = False
     enable_diarization: bool = False
     whisper_sampling_params: SamplingParams = SamplingParams()
+    # Our addition: prompt each segment with the stream's recent finals (bounded to ~150 tokens).
+    condition_on_previous_finals: bool = False
+
+    @model_validator(mode="after")
+    def _output_language(self) -> WhisperParams:
+        out = self.output_language
+        if out not in ("auto", "en", self.audio_language):
+            raise ValueError(
+                f"output_language {out!r}: Whisper translates only into English; use 'auto' (same as the "
+                "audio), 'en', or the audio_language"
+            )
+        return self
 
     @field_validator("audio_language", "output_language")
     @classmethod
@@ -145,7 +157,7 @@ class StreamConfig(_Strict):
 
     def decode_options(self) -> DecodeOptions:
         w, s = self.whisper_params, self.whisper_params.whisper_sampling_params
-        detect = w.audio_language == "auto"
+        detect = w.audio_language == "auto" or w.language_detection_only
         translate = w.output_language == "en" and w.audio_language != "en"
         return DecodeOptions(
             language=None if detect else w.audio_language,
@@ -167,22 +179,12 @@ class StreamConfig(_Strict):
 # Settings accepted by the schema but not implemented yet: refused when set to a value that would change
 # results, so a client never silently gets something other than what it asked for.
 NOT_IMPLEMENTED: dict[str, Any] = {
-    "streaming_params.encoding": "pcm_s16le",
-    "streaming_params.sample_rate": 16000,
-    "streaming_params.include_pipeline_latency_metric": False,
-    "include_timing_info": False,
-    "whisper_params.use_dynamic_preprocessing": False,
-    "whisper_params.show_word_timestamps": False,
-    "whisper_params.enable_vad": True,
     "whisper_params.show_beam_results": False,
-    "whisper_params.enable_chunk_level_language_detection": False,
-    "whisper_params.language_detection_only": False,
     "whisper_params.enable_diarization": False,
     "whisper_params.whisper_sampling_params.beam_search_diversity_rate": 0.0,
     "streaming_diarization_config": None,
     "diarization_config": None,
 }
-UNSUPPORTED_CLOSE = {"streaming_params.encoding", "streaming_params.sample_rate"}
 
 
 class ConfigError(ValueError):

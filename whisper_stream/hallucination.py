@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from whisper_stream.engine import (
     COMPRESSION_RATIO_THRESHOLD,
     LOG_PROB_THRESHOLD,
@@ -21,3 +23,38 @@ def possible_hallucination(seg: Segment) -> bool:
         or seg.avg_logprob < LOG_PROB_THRESHOLD
         or seg.no_speech_prob > NO_SPEECH_THRESHOLD
     )
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[\w']+", text.lower())
+
+
+def echoes_prompt(text: str, prompt: str) -> bool:
+    """The model repeating its prompt instead of transcribing (typical on near-silence)."""
+    said, prompted = _words(text), _words(prompt)
+    if not said or not prompted:
+        return False
+    n = len(said)
+    return any(prompted[i : i + n] == said for i in range(len(prompted) - n + 1))
+
+
+def collapse_repetitions(text: str, min_repeats: int = 3, max_ngram: int = 10) -> str:
+    """Cut a phrase repeated `min_repeats`+ times in a row down to one occurrence (a decoding loop)."""
+    words = text.split()
+    keys = [w.lower().strip(".,!?;:") for w in words]
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        step = 1
+        for n in range(1, min(max_ngram, (len(words) - i) // min_repeats) + 1):
+            repeats = 1
+            while keys[i + repeats * n : i + (repeats + 1) * n] == keys[i : i + n]:
+                repeats += 1
+            if repeats >= min_repeats:
+                step = repeats * n
+                out += words[i : i + n]
+                break
+        else:
+            out.append(words[i])
+        i += step
+    return " ".join(out)

@@ -61,6 +61,7 @@ def transcription(
     audio_length_s: float,
     lag_s: float,
     flush: bool = False,
+    **extra: Any,
 ) -> dict[str, Any]:
     text = " ".join(s["text"] for s in segments if s["text"]).strip()
     log_probs = [s["log_prob"] for s in segments]
@@ -79,6 +80,7 @@ def transcription(
     }
     if flush:
         msg["is_end_of_audio_flush"] = True
+    msg.update(extra)
     return msg
 
 

@@ -33,7 +33,7 @@ def _package_dir(name: str) -> Path | None:
 
 
 def assemble_default_model() -> Path:
-    """Join the two PyPI parts into `<cache>/models/whisper-base` once (atomic: safe for concurrent starts)."""
+    """Join the two PyPI parts into `<cache>/models/whisper-base` once (atomic: safe to race)."""
     dirs = [_package_dir(p) for p in _PARTS]
     if any(d is None for d in dirs):
         raise RuntimeError(

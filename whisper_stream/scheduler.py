@@ -2,8 +2,8 @@
 
 Finals are never dropped. Partials are best-effort: each stream has at most one in flight (the session
 enforces it); a queued partial whose utterance has meanwhile ended (its final is queued) is dropped unrun,
-and so is one still waiting after `partial_max_wait_s`. Up to `engine.max_inflight` calls run at once (1 for the in-process CPU engine, several for
-Triton, whose dynamic batcher merges them).
+and so is one still waiting after `partial_max_wait_s`. Up to `engine.max_inflight` calls run at once
+(1 for the in-process CPU engine, several for Triton, whose dynamic batcher merges them).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from whisper_stream.engine import Engine, EngineUnavailable, TranscribeRequest, 
 
 log = logging.getLogger(__name__)
 
-# Called with (result, error). Both None: the request was shed (partials only).
-Callback = Callable[[TranscribeResult | None, str | None], None]
+# Called with (result, error, timing). result and error both None: the request was shed (partials only).
+# timing: {"queue_s": waiting for the engine, "model_s": the engine call, "batch_size": requests in it}.
+Callback = Callable[[TranscribeResult | None, str | None, dict[str, float] | None], None]
 
 
 @dataclass
@@ -83,7 +84,7 @@ class Scheduler:
             job = self._partials.popleft()
             self.stats.partials_shed += 1
             log.debug("partial shed after %.2f s in queue", now - job.queued_at)
-            job.callback(None, None)
+            job.callback(None, None, None)
         size = self.engine.max_batch_size
         batch = [self._finals.popleft() for _ in range(min(size, len(self._finals)))]
         while len(batch) < size and self._partials:
@@ -110,12 +111,12 @@ class Scheduler:
             results = await self.engine.transcribe([j.request for j in batch])
         except EngineUnavailable as exc:
             for job in batch:
-                job.callback(None, f"engine unavailable: {exc}")
+                job.callback(None, f"engine unavailable: {exc}", None)
             return
         except Exception as exc:  # a bad batch must not kill the scheduler
             log.exception("engine call failed")
             for job in batch:
-                job.callback(None, f"transcription failed: {type(exc).__name__}: {exc}")
+                job.callback(None, f"transcription failed: {type(exc).__name__}: {exc}", None)
             return
         finally:
             self._slots.release()
@@ -124,5 +125,11 @@ class Scheduler:
             self.stats.max_batch = max(self.stats.max_batch, len(batch))
             self.stats.busy_s += time.monotonic() - started
             log.debug("engine call: %s in %.3f s", [j.kind for j in batch], time.monotonic() - started)
+        model_s = time.monotonic() - started
         for job, result in zip(batch, results, strict=True):
-            job.callback(result, None)
+            timing = {
+                "queue_s": round(started - job.queued_at, 4),
+                "model_s": round(model_s, 4),
+                "batch_size": len(batch),
+            }
+            job.callback(result, None, timing)

@@ -75,7 +75,11 @@ def build_engine(settings: ServerSettings) -> Engine:
 def build_runtime(settings: ServerSettings, engine: Engine | None = None) -> Runtime:
     engine = engine or build_engine(settings)
     scheduler = Scheduler(engine, partial_max_wait_s=settings.partial_max_wait_s)
-    limits = Limits(max_frame_bytes=settings.max_frame_bytes, max_streams=settings.max_streams)
+    limits = Limits(
+        max_frame_bytes=settings.max_frame_bytes,
+        max_streams=settings.max_streams,
+        idle_timeout_s=settings.idle_timeout_s,
+    )
     return Runtime(scheduler, SileroModel(), limits)
 
 

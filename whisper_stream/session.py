@@ -25,16 +25,27 @@ from typing import Any, Literal
 import numpy as np
 
 from whisper_stream import messages
-from whisper_stream.audio import PcmDecoder
+from whisper_stream.audio import AudioDecoder, normalize_loudness
 from whisper_stream.config import StreamConfig
-from whisper_stream.engine import SAMPLE_RATE, TranscribeRequest, TranscribeResult
-from whisper_stream.hallucination import is_silence, possible_hallucination
+from whisper_stream.engine import (
+    COMPRESSION_RATIO_THRESHOLD,
+    SAMPLE_RATE,
+    TranscribeRequest,
+    TranscribeResult,
+)
+from whisper_stream.hallucination import (
+    collapse_repetitions,
+    echoes_prompt,
+    is_silence,
+    possible_hallucination,
+)
 from whisper_stream.vad import FRAME, NEG_OFFSET, SpeechProbability
 
 log = logging.getLogger(__name__)
 
 MIN_SPEECH_FRAMES = 2  # shorter blips (< 64 ms) are clicks, not words: never sent to Whisper
 CUT_SEARCH_S = 3.0  # a forced cut looks for the quietest frame within the last seconds of the segment
+PREVIOUS_TEXT_CHARS = 600  # bound on the previous finals used as prompt (~150 tokens, half Whisper's limit)
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,9 @@ class _Pending:
     start_s: float
     end_s: float
     flush: bool = False
+    continues: bool = False  # a forced cut: the utterance goes on in the next segment
+    known_language: tuple[str, float | None] | None = None  # language reused from the utterance's first chunk
+    processing_s: float = 0.0  # audio decoding + VAD time spent on this segment's audio
 
 
 @dataclass
@@ -77,6 +91,7 @@ class _Done:
     pending: _Pending
     result: TranscribeResult | None
     error: str | None = None
+    timing: dict[str, float] | None = None
 
 
 @dataclass
@@ -106,10 +121,19 @@ class Session:
         self._partials = s.enable_partial_transcripts
         self._partial_every = int(s.partial_transcript_interval_s * SAMPLE_RATE)
         self._skip_hallucinated_partials = s.skip_partial_if_hallucination
+        w = config.whisper_params
+        self._use_vad = w.enable_vad
+        self._normalize = w.use_dynamic_preprocessing
+        self._chunk_language = w.enable_chunk_level_language_detection
+        self._condition = w.condition_on_previous_finals
+        self._timing = config.include_timing_info or s.include_pipeline_latency_metric
         self._options = config.decode_options()
         self._partial_options = replace(self._options, temperatures=self._options.temperatures[:1])
+        self._previous_text = ""  # recent finals, for conditioning
+        self._utterance_language: tuple[str, float | None] | None = None
+        self._processing_s = 0.0
 
-        self._decoder = PcmDecoder()
+        self._decoder = AudioDecoder(s.encoding, s.sample_rate)
         self._tail = np.zeros(0, dtype=np.float32)  # samples not yet forming a whole VAD frame
         # Audio buffer: stream samples [_buf_start, _buf_start + _buf_len).
         self._buf = np.zeros(self._max_samples + 2 * self._pad + 4 * SAMPLE_RATE, dtype=np.float32)
@@ -130,7 +154,7 @@ class Session:
         self._partial_inflight: int | None = None
         self._finals_order: list[int] = []  # request ids of finals, in segment order
         self._done: dict[int, _Done] = {}
-        self._held_partial: tuple[_Pending, TranscribeResult] | None = None
+        self._held_partial: tuple[_Pending, TranscribeResult, dict[str, float] | None] | None = None
         self._covered_s = 0.0  # end of the audio the latest sent transcription covers
         self._ending = False
         self.finished = False
@@ -154,7 +178,13 @@ class Session:
     def feed_audio(self, data: bytes, now: float) -> list[Action]:
         if self._ending:
             return [self._error("STREAM_ERROR", "audio after end_audio is ignored", True, now)]
-        samples = self._decoder.decode(data)
+        return self._feed_samples(self._decoder.decode(data))
+
+    def add_processing_time(self, seconds: float) -> None:
+        """Time the caller measured for feed_audio (decoding + VAD): reported with include_timing_info."""
+        self._processing_s += seconds
+
+    def _feed_samples(self, samples: np.ndarray) -> list[Action]:
         if len(self._tail):
             samples = np.concatenate([self._tail, samples])
         n = len(samples) // FRAME
@@ -208,7 +238,8 @@ class Session:
         if self._ending:
             return []
         actions: list[Action] = [Send(messages.end_audio("acknowledged", trace_id))]
-        if len(self._tail) or self._decoder.pending_bytes:
+        actions += self._feed_samples(self._decoder.flush())
+        if len(self._tail):
             padded = np.zeros(FRAME, dtype=np.float32)
             padded[: len(self._tail)] = self._tail
             self._tail = np.zeros(0, dtype=np.float32)
@@ -225,9 +256,16 @@ class Session:
         return self._close_segment(self._buf_end)
 
     def on_result(
-        self, request_id: int, result: TranscribeResult | None, error: str | None, now: float
+        self,
+        request_id: int,
+        result: TranscribeResult | None,
+        error: str | None,
+        now: float,
+        timing: dict[str, float] | None = None,
     ) -> list[Action]:
-        """An engine answer (`result`), a failure (`error`), or a shed partial (both None)."""
+        """An engine answer (`result`), a failure (`error`), or a shed partial (both None).
+
+        `timing` (queue_s, model_s) is what the scheduler measured; sent with include_timing_info."""
         pending = self._inflight.pop(request_id, None)
         if pending is None:
             return []
@@ -236,8 +274,15 @@ class Session:
             if result is None:
                 self.stats.partials_dropped += 1
                 return [self._error("TRANSCRIPTION_ERROR", error, True, now)] if error else []
-            return self._on_partial(pending, result)
-        self._done[request_id] = _Done(pending, result, error)
+            return self._on_partial(pending, result, timing)
+        if (
+            result is not None
+            and pending.continues
+            and self._in_speech
+            and self._segment == pending.segment + 1
+        ):
+            self._utterance_language = self._utterance_language or (result.language, result.language_prob)
+        self._done[request_id] = _Done(pending, result, error, timing)
         return self._deliver_finals(now)
 
     def partial_wanted(self, request_id: int) -> bool:
@@ -271,6 +316,8 @@ class Session:
     def _on_frame(self, frame: np.ndarray, p: float) -> list[Action]:
         frame_start = self._buf_end
         self._append(frame)
+        if not self._use_vad:
+            return self._on_fixed_frame(p)
         if not self._in_speech:
             if p >= self._threshold:
                 self._in_speech = True
@@ -306,6 +353,25 @@ class Session:
             actions.append(self._request("partial", self._seg_start, self._buf_end))
         return actions
 
+    def _on_fixed_frame(self, p: float) -> list[Action]:
+        """enable_vad false: fixed-length segments, but a segment the VAD heard no speech in is discarded."""
+        if not self._in_speech:
+            self._in_speech, self._seg_start, self._speech_frames = True, self._buf_end - FRAME, 0
+            self._frame_probs, self._since_partial = [], 0
+        self._frame_probs.append(p)
+        self._speech_frames += p >= self._threshold
+        self._since_partial += FRAME
+        if self._buf_end - self._seg_start >= self._max_samples:
+            return self._close_segment(self._buf_end)
+        if (
+            self._partials
+            and self._speech_frames
+            and self._partial_inflight is None
+            and self._since_partial >= self._partial_every
+        ):
+            return [self._request("partial", self._seg_start, self._buf_end)]
+        return []
+
     def _forced_cut(self) -> list[Action]:
         """Final for the first part of a too-long segment, cut at its quietest recent frame."""
         n = len(self._frame_probs)
@@ -315,7 +381,7 @@ class Session:
         quietest = n - 1 - search + int(np.argmin(window)) if search else n - 1
         cut = first_frame_start + quietest * FRAME + FRAME // 2
         cut = max(self._seg_start + SAMPLE_RATE, min(cut, self._buf_end))
-        actions = [self._request("final", self._seg_start, cut)]
+        actions = [self._request("final", self._seg_start, cut, continues=True)]
         self._floor = cut
         self._segment += 1
         self._seg_start = cut
@@ -331,23 +397,49 @@ class Session:
         self._frame_probs = []
         self._floor = end
         actions: list[Action] = []
-        if self._speech_frames >= MIN_SPEECH_FRAMES or flush:
+        if self._speech_frames >= MIN_SPEECH_FRAMES or (flush and self._speech_frames):
             if end > start:
                 actions.append(self._request("final", start, end, flush=flush))
             self._segment += 1
         self._speech_frames = 0
         self._silence_start = None
+        self._utterance_language = None
         self._trim(max(end, self._buf_end - self._pad))
         return actions
 
     def _request(
-        self, kind: Literal["partial", "final"], start: int, end: int, flush: bool = False
+        self,
+        kind: Literal["partial", "final"],
+        start: int,
+        end: int,
+        flush: bool = False,
+        continues: bool = False,
     ) -> Transcribe:
         rid = self._next_id
         self._next_id += 1
-        pending = _Pending(kind, self._segment, start / SAMPLE_RATE, end / SAMPLE_RATE, flush)
-        self._inflight[rid] = pending
         options = self._options if kind == "final" else self._partial_options
+        known = None
+        if options.language is None and not self._chunk_language and self._utterance_language:
+            known = self._utterance_language  # a later chunk of the same utterance keeps its language
+            options = replace(options, language=known[0])
+        if self._condition and self._previous_text:
+            options = replace(options, prompt=(options.prompt + " " + self._previous_text).strip())
+        pending = _Pending(
+            kind,
+            self._segment,
+            start / SAMPLE_RATE,
+            end / SAMPLE_RATE,
+            flush,
+            continues,
+            known,
+            self._processing_s,
+        )
+        if kind == "final":
+            self._processing_s = 0.0
+        self._inflight[rid] = pending
+        audio = self._audio(start, end)
+        if self._normalize:
+            audio = normalize_loudness(audio)
         if kind == "final":
             self._finals_order.append(rid)
             self.stats.segments.append((pending.start_s, pending.end_s))
@@ -357,7 +449,7 @@ class Session:
         return Transcribe(
             rid,
             kind,
-            TranscribeRequest(self._audio(start, end), options),
+            TranscribeRequest(audio, options),
             self._segment,
             pending.start_s,
             pending.end_s,
@@ -365,35 +457,48 @@ class Session:
 
     # -- results -----------------------------------------------------------------------------------------
 
-    def _message(self, pending: _Pending, result: TranscribeResult, is_final: bool) -> dict[str, Any] | None:
-        word_ts = self._options.word_timestamps
-        segs = [
-            messages.segment_dict(
-                seg,
-                pending.start_s,
-                result.language,
-                result.language_prob,
-                possible_hallucination(seg),
-                word_ts,
+    def _message(
+        self, pending: _Pending, result: TranscribeResult, is_final: bool, timing: dict[str, float] | None
+    ) -> dict[str, Any] | None:
+        language, language_prob = result.language, result.language_prob
+        if pending.known_language is not None:
+            language, language_prob = pending.known_language
+        segs = []
+        for seg in result.segments:
+            if not seg.text.strip() or is_silence(seg) or echoes_prompt(seg.text, self._options.prompt):
+                continue
+            flagged = possible_hallucination(seg)
+            if seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD:  # a repetition loop survived fallback
+                seg = replace(seg, text=collapse_repetitions(seg.text))
+            segs.append(
+                messages.segment_dict(
+                    seg, pending.start_s, language, language_prob, flagged, self._options.word_timestamps
+                )
             )
-            for seg in result.segments
-            if seg.text.strip() and not is_silence(seg)
-        ]
         if not segs and not self._options.language_detection_only:
             return None
         self._covered_s = max(self._covered_s, pending.end_s)
+        if is_final and self._condition:
+            text = " ".join(s["text"] for s in segs)
+            self._previous_text = (self._previous_text + " " + text).strip()[-PREVIOUS_TEXT_CHARS:]
+        extra: dict[str, Any] = {}
+        if self._timing and timing is not None:
+            extra["timing_info"] = {**timing, "audio_processing_s": round(pending.processing_s, 4)}
         return messages.transcription(
             is_final=is_final,
             number=pending.segment,
             segments=segs,
-            language=result.language,
-            language_prob=result.language_prob,
+            language=language,
+            language_prob=language_prob,
             audio_length_s=pending.end_s - pending.start_s,
             lag_s=self.received_s - pending.end_s,
             flush=pending.flush,
+            **extra,
         )
 
-    def _on_partial(self, pending: _Pending, result: TranscribeResult) -> list[Action]:
+    def _on_partial(
+        self, pending: _Pending, result: TranscribeResult, timing: dict[str, float] | None
+    ) -> list[Action]:
         stale = not self._in_speech or pending.segment != self._segment or self._ending
         if stale:
             log.debug("stale partial dropped (segment %d, open %d)", pending.segment, self._segment)
@@ -404,9 +509,9 @@ class Session:
             self.stats.partials_dropped += 1
             return []
         if self._finals_order:  # earlier finals still on their way: the partial waits behind them
-            self._held_partial = (pending, result)
+            self._held_partial = (pending, result, timing)
             return []
-        msg = self._message(pending, result, is_final=False)
+        msg = self._message(pending, result, is_final=False, timing=timing)
         if msg is None:
             return []
         self.stats.partials_sent += 1
@@ -428,7 +533,7 @@ class Session:
                     )
                 )
                 continue
-            msg = self._message(done.pending, done.result, is_final=True)
+            msg = self._message(done.pending, done.result, is_final=True, timing=done.timing)
             if msg is None and done.pending.flush:  # the flush is always marked, even when it is empty
                 msg = messages.transcription(
                     is_final=True,
@@ -444,10 +549,10 @@ class Session:
                 self.stats.finals_sent += 1
                 actions.append(Send(msg))
         if not self._finals_order and self._held_partial is not None:
-            pending, result = self._held_partial
+            pending, result, timing = self._held_partial
             self._held_partial = None
             if self._in_speech and pending.segment == self._segment and not self._ending:
-                msg = self._message(pending, result, is_final=False)
+                msg = self._message(pending, result, is_final=False, timing=timing)
                 if msg is not None:
                     self.stats.partials_sent += 1
                     actions.append(Send(msg))

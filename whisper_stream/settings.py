@@ -26,4 +26,5 @@ class ServerSettings(BaseSettings):
     max_streams: int = Field(64, ge=1)
     max_frame_bytes: int = Field(1 << 20, ge=1024)
     partial_max_wait_s: float = Field(10.0, gt=0)
+    idle_timeout_s: float = Field(60.0, gt=0)
     log_level: str = "INFO"

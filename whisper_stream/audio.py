@@ -101,3 +101,40 @@ def normalize_loudness(
     if peak * gain > 0.99:
         gain = 0.99 / peak
     return (audio * gain).astype(np.float32)
+
+
+def _g711_encoder(table: np.ndarray) -> np.ndarray:
+    """Inverse of a decode table over the 16-bit range: the code whose decoded value is nearest."""
+    order = np.argsort(table)
+    values = table[order]
+    grid = np.arange(-32768, 32768, dtype=np.float64) / 32768.0
+    idx = np.clip(np.searchsorted(values, grid), 1, len(values) - 1)
+    nearer_left = np.abs(grid - values[idx - 1]) <= np.abs(grid - values[idx])
+    return order[np.where(nearer_left, idx - 1, idx)].astype(np.uint8)
+
+
+_G711_ENCODE: dict[str, np.ndarray] = {}
+
+
+def encode(audio: np.ndarray, encoding: str) -> bytes:
+    """float32 samples -> bytes in `encoding` (what clients send; used by our client tools and tests)."""
+    clipped = np.clip(audio, -1.0, 1.0)
+    if encoding == "pcm_s16le":
+        return (clipped * 32767.0).astype("<i2").tobytes()
+    if encoding == "pcm_f32le":
+        return clipped.astype("<f4").tobytes()
+    if encoding in _G711:
+        if encoding not in _G711_ENCODE:
+            _G711_ENCODE[encoding] = _g711_encoder(_G711[encoding])
+        pcm16 = (clipped * 32767.0).astype(np.int32) + 32768
+        return _G711_ENCODE[encoding][pcm16].tobytes()
+    raise ValueError(f"unsupported encoding {encoding!r}; supported: {', '.join(SAMPLE_WIDTH)}")
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Whole-signal resampling (soxr, high quality) for files; streams use AudioDecoder's stateful one."""
+    if from_rate == to_rate:
+        return audio.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32)

@@ -17,6 +17,20 @@ def is_silence(seg: Segment) -> bool:
     return seg.no_speech_prob > NO_SPEECH_THRESHOLD and seg.avg_logprob < LOG_PROB_THRESHOLD
 
 
+NOISE_NO_SPEECH = 0.2  # with every temperature failing the log-prob check, this much no-speech means noise
+
+
+def is_invented(seg: Segment) -> bool:
+    """Text decoded from non-speech that reached Whisper (e.g. a very low VAD threshold): never sent.
+
+    Stricter than Whisper's rule, which keeps a window whose no-speech probability is high as long as its
+    log-prob is fine (the classic "you" on silence), and keeps text when every temperature failed. Real speech
+    measured here has no-speech probability below 0.05."""
+    if seg.no_speech_prob > NO_SPEECH_THRESHOLD:
+        return True
+    return seg.avg_logprob < LOG_PROB_THRESHOLD and seg.no_speech_prob > NOISE_NO_SPEECH
+
+
 def possible_hallucination(seg: Segment) -> bool:
     return (
         seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD

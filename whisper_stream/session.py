@@ -36,7 +36,7 @@ from whisper_stream.engine import (
 from whisper_stream.hallucination import (
     collapse_repetitions,
     echoes_prompt,
-    is_silence,
+    is_invented,
     possible_hallucination,
 )
 from whisper_stream.vad import FRAME, NEG_OFFSET, SpeechProbability
@@ -465,7 +465,7 @@ class Session:
             language, language_prob = pending.known_language
         segs = []
         for seg in result.segments:
-            if not seg.text.strip() or is_silence(seg) or echoes_prompt(seg.text, self._options.prompt):
+            if not seg.text.strip() or is_invented(seg) or echoes_prompt(seg.text, self._options.prompt):
                 continue
             flagged = possible_hallucination(seg)
             if seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD:  # a repetition loop survived fallback

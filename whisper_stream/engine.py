@@ -29,6 +29,7 @@ class DecodeOptions:
 
     language: str | None = "en"  # None: detect
     language_options: tuple[str, ...] = ()  # restricts detection when language is None
+    language_hint: str | None = None  # the stream's previous language, kept when detection is unsure
     task: Literal["transcribe", "translate"] = "transcribe"
     prompt: str = ""  # previous-text conditioning (<|startofprev|>)
     prefix: str = ""  # forced start of the transcript

@@ -131,6 +131,7 @@ class Session:
         self._partial_options = replace(self._options, temperatures=self._options.temperatures[:1])
         self._previous_text = ""  # recent finals, for conditioning
         self._utterance_language: tuple[str, float | None] | None = None
+        self._last_language: str | None = None  # of the latest final with text: a hint for detection
         self._processing_s = 0.0
 
         self._decoder = AudioDecoder(s.encoding, s.sample_rate)
@@ -422,6 +423,8 @@ class Session:
         if options.language is None and not self._chunk_language and self._utterance_language:
             known = self._utterance_language  # a later chunk of the same utterance keeps its language
             options = replace(options, language=known[0])
+        elif options.language is None and self._last_language:
+            options = replace(options, language_hint=self._last_language)
         if self._condition and self._previous_text:
             options = replace(options, prompt=(options.prompt + " " + self._previous_text).strip())
         pending = _Pending(
@@ -478,6 +481,8 @@ class Session:
         if not segs and not self._options.language_detection_only:
             return None
         self._covered_s = max(self._covered_s, pending.end_s)
+        if is_final and segs:
+            self._last_language = language
         if is_final and self._condition:
             text = " ".join(s["text"] for s in segs)
             self._previous_text = (self._previous_text + " " + text).strip()[-PREVIOUS_TEXT_CHARS:]

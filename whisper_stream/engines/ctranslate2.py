@@ -28,6 +28,7 @@ from whisper_stream.engine import (
     Word,
 )
 from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
+from whisper_stream.language import choose_language
 from whisper_stream.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -180,11 +181,9 @@ class CTranslate2Engine:
             return fixed
         detected = self._model.detect_language(encoded)
         for i in todo:
-            allowed = set(requests[i].options.language_options)
-            scores = [(tok[2:-2], p) for tok, p in detected[i] if not allowed or tok[2:-2] in allowed]
-            lang, p = max(scores, key=lambda s: s[1])
-            total = sum(s[1] for s in scores) if allowed else 1.0
-            fixed[i] = (lang, float(p / total) if total > 0 else float(p))
+            o = requests[i].options
+            probs = {token[2:-2]: p for token, p in detected[i]}
+            fixed[i] = choose_language(probs, o.language_options, o.language_hint)
         return fixed
 
     def _prompt(self, o: DecodeOptions, language: str) -> list[int]:

@@ -74,6 +74,25 @@ engine-docker:  ## build the image, then run `make engine` in it on this GPU mac
 	docker run --rm --gpus all --shm-size=2g -v $(CURDIR)/engines:/workspace/whisper-stream/engines \
 	  -v $(CURDIR)/../shared/data:/workspace/shared/data:ro $(ENGINE_IMAGE) make engine ENGINE_ARGS="$(ENGINE_ARGS)"
 
+# Benchmark: 1, 2, 4 concurrent real-time streams; table on stdout, bench-results/bench.json + PNGs.
+# Without BENCH_URL it starts its own server (ENGINE, MODEL, TRITON_URL as for `make serve`) on a free
+# 127.0.0.1 port. BENCH_URL="ws://a/v1/websocket ws://b/v1/websocket" BENCH_LABELS="cpu triton" compares servers.
+BENCH_URL ?=
+BENCH_LABELS ?=
+BENCH_CONCURRENCY ?= 1,2,4
+BENCH_OUT ?= bench-results
+BENCH_ARGS ?=
+
+$(BIN)/.client-installed: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[model,client]"
+	touch $@
+
+bench: $(BIN)/.client-installed
+	$(BIN)/python -m client.bench --concurrency $(BENCH_CONCURRENCY) --out $(BENCH_OUT) \
+		$(foreach u,$(BENCH_URL),--url $(u)) $(foreach l,$(BENCH_LABELS),--label $(l)) \
+		$(if $(BENCH_URL),,--server-args "--engine $(ENGINE) --triton-url $(TRITON_URL) $(if $(MODEL),--model $(MODEL))") \
+		$(BENCH_ARGS)
+
 lint: dev
 	$(BIN)/ruff check .
 

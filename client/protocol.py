@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import websockets
 
 FRAME_SAMPLES = 512  # what every documented client sends: 32 ms at 16 kHz
+FRAME_S = FRAME_SAMPLES / 16000
 
 
 @dataclass
@@ -106,8 +108,54 @@ async def stream_pcm(
     end_audio: bool = True,
     timeout_s: float = 300.0,
     on_message: Any = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> StreamResult:
-    """Stream `pcm` paced at `speed` x real time (0 = as fast as possible) and collect every reply."""
+    """Stream `pcm` paced at `speed` x real time (0 = as fast as possible) and collect every reply.
+
+    `on_progress(audio_seconds_sent)` is called after every frame (the benchmark's progress bar).
+    """
+
+    async def paced() -> AsyncIterator[bytes]:
+        t0 = time.monotonic()
+        for i in range(0, len(pcm), frame_bytes):
+            yield pcm[i : i + frame_bytes]
+            if speed > 0:
+                delay = t0 + (i + frame_bytes) / bytes_per_second / speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+    return await stream_frames(
+        url,
+        meta,
+        paced(),
+        bytes_per_second=bytes_per_second,
+        api_key=api_key,
+        end_audio=end_audio,
+        timeout_s=timeout_s,
+        on_message=on_message,
+        on_progress=on_progress,
+    )
+
+
+async def stream_frames(
+    url: str,
+    meta: dict[str, Any],
+    frames: AsyncIterator[bytes],
+    *,
+    bytes_per_second: int = 32000,
+    api_key: str | None = None,
+    end_audio: bool = True,
+    timeout_s: float = 300.0,
+    on_message: Callable[[Received], None] | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> StreamResult:
+    """Send the metadata, then every frame `frames` yields (a file, a microphone...), then `end_audio`.
+
+    The pacing belongs to the iterator: a file is paced by `stream_pcm`, a microphone by its own clock. After
+    `end_audio` it waits (at most `timeout_s`) until the server closes, i.e. after `finished`, so the result
+    holds the last finals. Arrival times and audio progress share one clock: seconds since the metadata
+    was sent (just before the first frame).
+    """
     result = StreamResult()
     async with websockets.connect(
         url, additional_headers=auth_headers(api_key), max_size=None, open_timeout=30
@@ -127,17 +175,16 @@ async def stream_pcm(
                 pass
 
         reader = asyncio.create_task(receive())
+        sent = 0
         try:
-            for i in range(0, len(pcm), frame_bytes):
+            async for frame in frames:
                 if reader.done():
                     break
-                await ws.send(pcm[i : i + frame_bytes])
-                sent_s = (i + frame_bytes) / bytes_per_second
-                result.audio_sent_s.append((time.monotonic() - t0, min(sent_s, len(pcm) / bytes_per_second)))
-                if speed > 0:
-                    delay = t0 + sent_s / speed - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                await ws.send(frame)
+                sent += len(frame)
+                result.audio_sent_s.append((time.monotonic() - t0, sent / bytes_per_second))
+                if on_progress:
+                    on_progress(sent / bytes_per_second)
             if end_audio and not reader.done():
                 await ws.send(json.dumps({"type": "end_audio"}))
             await asyncio.wait_for(reader, timeout_s) if end_audio else None
@@ -147,3 +194,8 @@ async def stream_pcm(
             reader.cancel()
         result.close_code, result.close_reason = ws.close_code, ws.close_reason or ""
     return result
+
+
+def frame_samples(sample_rate: int) -> int:
+    """32 ms of audio, as the documented clients send (512 samples at 16 kHz, 256 at 8 kHz)."""
+    return max(1, round(sample_rate * FRAME_S))

@@ -49,7 +49,9 @@ def load_audio(path: Path | str, sample_rate: int = SR) -> np.ndarray:
 
 
 def to_pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    from whisper_stream.audio import encode
+
+    return encode(audio, "pcm_s16le")
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,21 @@ class ServerProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"whisper-stream-{self.port}.log"
-        cmd = [sys.executable, "-m", "whisper_stream", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "whisper_stream",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
         self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
 
     @property
     def url(self) -> str:

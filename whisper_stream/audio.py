@@ -103,32 +103,39 @@ def normalize_loudness(
     return (audio * gain).astype(np.float32)
 
 
-def _g711_encoder(table: np.ndarray) -> np.ndarray:
-    """Inverse of a decode table over the 16-bit range: the code whose decoded value is nearest."""
-    order = np.argsort(table)
-    values = table[order]
-    grid = np.arange(-32768, 32768, dtype=np.float64) / 32768.0
-    idx = np.clip(np.searchsorted(values, grid), 1, len(values) - 1)
-    nearer_left = np.abs(grid - values[idx - 1]) <= np.abs(grid - values[idx])
-    return order[np.where(nearer_left, idx - 1, idx)].astype(np.uint8)
-
-
-_G711_ENCODE: dict[str, np.ndarray] = {}
-
-
 def encode(audio: np.ndarray, encoding: str) -> bytes:
     """float32 samples -> bytes in `encoding` (what clients send; used by our client tools and tests)."""
-    clipped = np.clip(audio, -1.0, 1.0)
+    x = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
     if encoding == "pcm_s16le":
-        return (clipped * 32767.0).astype("<i2").tobytes()
+        return (x * 32767.0).astype("<i2").tobytes()
     if encoding == "pcm_f32le":
-        return clipped.astype("<f4").tobytes()
-    if encoding in _G711:
-        if encoding not in _G711_ENCODE:
-            _G711_ENCODE[encoding] = _g711_encoder(_G711[encoding])
-        pcm16 = (clipped * 32767.0).astype(np.int32) + 32768
-        return _G711_ENCODE[encoding][pcm16].tobytes()
+        return x.astype("<f4").tobytes()
+    if encoding == "pcm_mulaw":
+        return _mulaw(x).tobytes()
+    if encoding == "pcm_alaw":
+        return _alaw(x).tobytes()
     raise ValueError(f"unsupported encoding {encoding!r}; supported: {', '.join(SAMPLE_WIDTH)}")
+
+
+def _mulaw(x: np.ndarray) -> np.ndarray:
+    """G.711 mu-law (the telephony codec Twilio and friends send), bit-exact with the reference g711.c."""
+    pcm = np.clip((x * 32768.0).astype(np.int32), -32768, 32767) >> 2  # 14-bit
+    mask = np.where(pcm < 0, 0x7F, 0xFF)
+    mag = np.minimum(np.where(pcm < 0, -pcm, pcm), 8159) + 0x21
+    segment = np.searchsorted(np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF]), mag)
+    code = np.where(segment >= 8, 0x7F, (np.minimum(segment, 7) << 4) | ((mag >> (segment + 1)) & 0x0F))
+    return (code ^ mask).astype(np.uint8)
+
+
+def _alaw(x: np.ndarray) -> np.ndarray:
+    """G.711 A-law."""
+    pcm = np.clip((x * 32768.0).astype(np.int32), -32768, 32767) >> 3  # 13-bit
+    sign = np.where(pcm >= 0, 0x80, 0x00)
+    mag = np.where(pcm >= 0, pcm, -pcm - 1)
+    mag = np.minimum(mag, 0xFFF)
+    exponent = np.where(mag < 32, 0, np.floor(np.log2(np.maximum(mag, 1))).astype(np.int32) - 4)
+    mantissa = np.where(exponent == 0, mag >> 1, mag >> exponent) & 0x0F
+    return ((sign | (exponent << 4) | mantissa) ^ 0x55).astype(np.uint8)
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

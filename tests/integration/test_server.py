@@ -12,8 +12,14 @@ import websockets
 from client.protocol import metadata, stream_pcm
 from client.speech import join_utterances, load_audio, to_pcm16, wer
 
-ENGLISH = ["ls_1089-134686-0001", "ls_1221-135766-0002", "ls_61-70968-0000", "ls_1995-1837-0001",
-           "lj_LJ002-0020", "pv_en_mr_quilter"]
+ENGLISH = [
+    "ls_1089-134686-0001",
+    "ls_1221-135766-0002",
+    "ls_61-70968-0000",
+    "ls_1995-1837-0001",
+    "lj_LJ002-0020",
+    "pv_en_mr_quilter",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +37,9 @@ def offline_texts(speech):
     model = WhisperModel(resolve_model(None), device="cpu", compute_type="int8")
     out = {}
     for i in ENGLISH:
-        segments, _ = model.transcribe(str(speech[i].path), language="en", beam_size=1,
-                                       condition_on_previous_text=False)
+        segments, _ = model.transcribe(
+            str(speech[i].path), language="en", beam_size=1, condition_on_previous_text=False
+        )
         out[i] = " ".join(s.text.strip() for s in segments)
     return out
 
@@ -63,8 +70,11 @@ async def test_partials_arrive_and_are_replaced_by_finals(server, speech):
     result = await stream_pcm(server.url, metadata(partials=True, partial_interval_s=1.0), audio, speed=1.0)
     assert result.partials, "no partial transcript arrived"
     assert result.finals and result.finals[-1]["is_final"]
-    kinds = [(r.message.get("is_final"), r.message.get("transcription_num")) for r in result.received
-             if r.message.get("type") == "transcription"]
+    kinds = [
+        (r.message.get("is_final"), r.message.get("transcription_num"))
+        for r in result.received
+        if r.message.get("type") == "transcription"
+    ]
     final_nums = {n for f, n in kinds if f}
     # a partial never follows the final of its own utterance
     for idx, (is_final, num) in enumerate(kinds):
@@ -83,8 +93,9 @@ async def test_silence_only_stream_yields_no_transcript(server):
 async def test_four_concurrent_streams_all_get_their_finals(server, speech):
     ids = ["ls_1221-135766-0002", "ls_61-70968-0000", "lj_LJ002-0020", "pv_en_mr_quilter"]
     streams = [join_utterances([speech[i]], pause_s=1.0) for i in ids]
-    results = await asyncio.gather(*(stream_pcm(server.url, metadata(), to_pcm16(s.audio), speed=2.0)
-                                     for s in streams))
+    results = await asyncio.gather(
+        *(stream_pcm(server.url, metadata(), to_pcm16(s.audio), speed=2.0) for s in streams)
+    )
     for i, res in zip(ids, results, strict=True):
         assert res.finished and res.finals, i
         assert wer([speech[i].text], [res.text]) < 0.3, (i, res.text)
@@ -97,7 +108,11 @@ async def test_documented_seed_client_with_legacy_websockets(server, speech):
     audio = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + b"\0" * 32000
     meta = {
         "vad_params": {"threshold": 0.5, "min_silence_duration_ms": 300, "speech_pad_ms": 30},
-        "streaming_params": {"encoding": "pcm_s16le", "sample_rate": 16000, "enable_partial_transcripts": True},
+        "streaming_params": {
+            "encoding": "pcm_s16le",
+            "sample_rate": 16000,
+            "enable_partial_transcripts": True,
+        },
         "whisper_params": {"audio_language": "en"},
     }
     printed = []

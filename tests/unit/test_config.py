@@ -32,11 +32,17 @@ def test_seed_shape_and_current_shape_are_equal():
 
 
 def test_early_flat_shape():
-    c = parse_metadata({
-        "vad_params": {"threshold": 0.4},
-        "streaming_whisper_params": {"encoding": "pcm_s16le", "sample_rate": 16000,
-                                     "enable_partial_transcripts": True, "audio_language": "auto"},
-    })
+    c = parse_metadata(
+        {
+            "vad_params": {"threshold": 0.4},
+            "streaming_whisper_params": {
+                "encoding": "pcm_s16le",
+                "sample_rate": 16000,
+                "enable_partial_transcripts": True,
+                "audio_language": "auto",
+            },
+        }
+    )
     assert c.streaming_vad_config.threshold == 0.4
     assert c.streaming_params.enable_partial_transcripts is True
     assert c.decode_options().language is None
@@ -51,25 +57,49 @@ def test_asr_options_map_to_sampling_params():
 
 def test_every_current_field_is_accepted_at_its_default():
     full = {
-        "streaming_vad_config": {"threshold": 0.5, "min_silence_duration_ms": 300, "speech_pad_ms": 0,
-                                 "sampling_rate": 16000},
-        "streaming_params": {"encoding": "pcm_s16le", "sample_rate": 16000, "enable_partial_transcripts": False,
-                             "partial_transcript_interval_s": 0.5, "final_transcript_max_duration_s": 30,
-                             "prioritize_latency": True, "skip_partial_if_hallucination": True,
-                             "include_pipeline_latency_metric": False},
-        "whisper_params": {"prompt": "", "prefix": "", "audio_language": "en", "output_language": "auto",
-                           "language_detection_only": False, "language_options": [],
-                           "use_dynamic_preprocessing": False, "show_word_timestamps": False,
-                           "enable_vad": True, "show_beam_results": False,
-                           "enable_chunk_level_language_detection": False, "enable_diarization": False,
-                           "whisper_sampling_params": {"beam_width": 1, "length_penalty": 2.0,
-                                                       "repetition_penalty": 1.01,
-                                                       "beam_search_diversity_rate": 0.0,
-                                                       "no_repeat_ngram_size": 0,
-                                                       "sampling_temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-                                                       "max_new_tokens": 400}},
-        "stream_id": "abc", "include_timing_info": False,
-        "streaming_diarization_config": None, "diarization_config": None,
+        "streaming_vad_config": {
+            "threshold": 0.5,
+            "min_silence_duration_ms": 300,
+            "speech_pad_ms": 0,
+            "sampling_rate": 16000,
+        },
+        "streaming_params": {
+            "encoding": "pcm_s16le",
+            "sample_rate": 16000,
+            "enable_partial_transcripts": False,
+            "partial_transcript_interval_s": 0.5,
+            "final_transcript_max_duration_s": 30,
+            "prioritize_latency": True,
+            "skip_partial_if_hallucination": True,
+            "include_pipeline_latency_metric": False,
+        },
+        "whisper_params": {
+            "prompt": "",
+            "prefix": "",
+            "audio_language": "en",
+            "output_language": "auto",
+            "language_detection_only": False,
+            "language_options": [],
+            "use_dynamic_preprocessing": False,
+            "show_word_timestamps": False,
+            "enable_vad": True,
+            "show_beam_results": False,
+            "enable_chunk_level_language_detection": False,
+            "enable_diarization": False,
+            "whisper_sampling_params": {
+                "beam_width": 1,
+                "length_penalty": 2.0,
+                "repetition_penalty": 1.01,
+                "beam_search_diversity_rate": 0.0,
+                "no_repeat_ngram_size": 0,
+                "sampling_temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                "max_new_tokens": 400,
+            },
+        },
+        "stream_id": "abc",
+        "include_timing_info": False,
+        "streaming_diarization_config": None,
+        "diarization_config": None,
     }
     assert parse_metadata(full).stream_id == "abc"
 
@@ -78,15 +108,24 @@ def test_every_current_field_is_accepted_at_its_default():
     "meta,field,needle",
     [
         ({"vad_params": {"threshold": 1.5}}, "vad_params.threshold", "less than or equal to 1"),
-        ({"streaming_vad_config": {"min_silence_duration_ms": -5}}, "streaming_vad_config.min_silence_duration_ms",
-         "greater than or equal to 0"),
-        ({"streaming_params": {"final_transcript_max_duration_s": 45}},
-         "streaming_params.final_transcript_max_duration_s", "less than or equal to 30"),
+        (
+            {"streaming_vad_config": {"min_silence_duration_ms": -5}},
+            "streaming_vad_config.min_silence_duration_ms",
+            "greater than or equal to 0",
+        ),
+        (
+            {"streaming_params": {"final_transcript_max_duration_s": 45}},
+            "streaming_params.final_transcript_max_duration_s",
+            "less than or equal to 30",
+        ),
         ({"streaming_params": {"encoding": "opus"}}, "streaming_params.encoding", "allowed values"),
         ({"whisper_params": {"audio_langauge": "en"}}, "whisper_params.audio_langauge", "unknown field"),
         ({"vad_param": {}}, "vad_param", "unknown field"),
-        ({"streaming_params": {"enable_partial_transcripts": "maybe"}},
-         "streaming_params.enable_partial_transcripts", "valid boolean"),
+        (
+            {"streaming_params": {"enable_partial_transcripts": "maybe"}},
+            "streaming_params.enable_partial_transcripts",
+            "valid boolean",
+        ),
         ({"vad_params": {}, "streaming_vad_config": {}}, None, "not both"),
         ({"asr_options": {"beam": 2}}, None, "beam_size"),
     ],
@@ -113,7 +152,15 @@ def test_non_object_metadata():
 
 
 def test_translate_when_output_is_english_and_audio_is_not():
-    assert parse_metadata({"whisper_params": {"audio_language": "de", "output_language": "en"}}
-                          ).decode_options().task == "translate"
-    assert parse_metadata({"whisper_params": {"audio_language": "en", "output_language": "en"}}
-                          ).decode_options().task == "transcribe"
+    assert (
+        parse_metadata({"whisper_params": {"audio_language": "de", "output_language": "en"}})
+        .decode_options()
+        .task
+        == "translate"
+    )
+    assert (
+        parse_metadata({"whisper_params": {"audio_language": "en", "output_language": "en"}})
+        .decode_options()
+        .task
+        == "transcribe"
+    )

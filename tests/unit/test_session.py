@@ -174,7 +174,7 @@ def test_stale_partial_is_not_sent_after_a_newer_final():
     (p,) = requests(feed(s, tone(0.6)), "partial")
     finals = requests(feed(s, np.concatenate([tone(0.5), silence(0.5)])), "final")
     assert len(finals) == 1
-    assert sent(answer(s, finals[0], text="final")) [0]["is_final"]
+    assert sent(answer(s, finals[0], text="final"))[0]["is_final"]
     assert sent(answer(s, p, text="old partial")) == []
     assert s.stats.partials_dropped == 1
 
@@ -250,8 +250,9 @@ def test_health_check_echoes_trace_id():
     assert msg["body"]["healthy"] is True
 
 
-@pytest.mark.parametrize("text,needle", [("not json", "not valid JSON"), ('{"type": "dance"}', "dance"),
-                                         ("[1]", "JSON object")])
+@pytest.mark.parametrize(
+    "text,needle", [("not json", "not valid JSON"), ('{"type": "dance"}', "dance"), ("[1]", "JSON object")]
+)
 def test_bad_control_messages_get_recoverable_errors(text, needle):
     s = make()
     (msg,) = sent(s.handle_text(text, now=0.0))

@@ -1,0 +1,651 @@
+"""Latency and accuracy benchmark over the protocol: any compatible server, a ramp of concurrent streams.
+
+    python -m client.bench                                   # starts a local server, 1, 2 and 4 streams
+    python -m client.bench --url ws://127.0.0.1:8000/v1/websocket --concurrency 1,4,16
+    python -m client.bench --url ws://A/v1/websocket --label cpu --url ws://B/v1/websocket --label triton
+
+Each stream is utterances of real speech (the manifest, default ../shared/data/manifest.jsonl) joined with
+pauses of known length, sent in 32 ms frames paced in real time (`--speed`), so every utterance's end of
+speech is known exactly. For each concurrency N of the ramp, and each server (`--url`, repeatable, compared
+in one run: the first is the baseline of the ratio table), N such streams run at once (stream i starts
+`i * --stagger-s` later). Measured per utterance (definitions in client/bench_metrics.py): end-of-speech ->
+final latency, time to first partial, partial cadence, unstable partial words, WER of the finals (Whisper's
+English normalizer for English, its basic normalizer otherwise), and the server's lag over time. Per run:
+- RTFx = total audio seconds of the N streams / wall seconds from the first frame to the last `finished`
+  (throughput: about N x speed while the server keeps up);
+- RTF = a stream's wall time from first frame to `finished` / its paced audio duration, the worst stream of
+  the run (1.0: the last final came as the audio ended; 1.3: the server needed 30 % longer than real time).
+
+Writes a table to stdout, `bench.json` (every number, the settings, the servers, the machine) and PNG plots
+into `--out`. With no `--url` it starts `python -m whisper_stream serve` itself on a free 127.0.0.1 port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from client import bench_metrics as bm
+from client.protocol import metadata, stream_pcm
+from client.speech import DEFAULT_DATA, JoinedStream, Utterance, join_utterances, load_manifest, to_pcm16, wer
+
+ROOT = Path(__file__).resolve().parents[1]
+# The data README: these references are the expected output of other recognisers, not human transcripts.
+NOT_FOR_WER = ("jfk", "sr_english_123", "sr_zh", "sr_fr")
+NORMALIZERS = {
+    "en": "Whisper's English normalizer (whisper_normalizer.english.EnglishTextNormalizer), markup removed",
+    "other": "Whisper's basic normalizer (whisper_normalizer.basic.BasicTextNormalizer), markup removed",
+}
+
+
+@dataclass
+class Target:
+    label: str
+    url: str
+    api_key: str | None = None
+    model: str = "unknown"
+    local: bool = False  # started by the benchmark on this machine (so `machine` describes it too)
+
+
+# -- the streams ---------------------------------------------------------------------------------------------
+
+
+def select_utterances(
+    manifest: Path | None,
+    language: str,
+    max_duration_s: float,
+    exclude: list[str],
+    ids: list[str] | None = None,
+) -> list[Utterance]:
+    """The manifest's utterances in `language` (or exactly `ids`, in that order) that fit the limits."""
+    every = load_manifest(manifest)
+    if ids:
+        by_id = {u.id: u for u in every}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise SystemExit(f"not in the manifest: {', '.join(missing)}")
+        return [by_id[i] for i in ids]
+    utts = [
+        u
+        for u in every
+        if (language == "auto" or u.language == language)
+        and u.duration_s <= max_duration_s
+        and u.id not in exclude
+    ]
+    if not utts:
+        raise SystemExit(f"no utterance in the manifest for language {language!r} under {max_duration_s} s")
+    return utts
+
+
+def build_streams(utts: list[Utterance], n: int, per_stream: int, pause_s: float) -> list[JoinedStream]:
+    """Stream i holds utterances i*K .. i*K+K-1 (wrapping): other speech per stream, the same in every run."""
+    return [
+        join_utterances([utts[(i * per_stream + j) % len(utts)] for j in range(per_stream)], pause_s=pause_s)
+        for i in range(n)
+    ]
+
+
+# -- a local server ------------------------------------------------------------------------------------------
+
+
+class LocalServer:
+    """`python -m whisper_stream serve` on a free 127.0.0.1 port, for `make bench` without a URL."""
+
+    def __init__(self, log: Path, extra_args: list[str], max_streams: int) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = log
+        self.model = "unknown"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = log.open("w")
+        cmd = [
+            sys.executable,
+            "-m",
+            "whisper_stream",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-streams",
+            str(max_streams),
+            *extra_args,
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/websocket"
+
+    def wait(self, timeout_s: float = 300.0) -> LocalServer:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(
+                    f"the local server exited ({self.proc.returncode}):\n{self.log.read_text()[-2000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        else:
+            self.stop()
+            raise SystemExit(f"the local server was not ready after {timeout_s:.0f} s (log: {self.log})")
+        for line in self.log.read_text().splitlines():  # "serving ws://... (engine ctranslate2, model base)"
+            if "serving" in line and "model " in line:
+                self.model = line.rsplit("(", 1)[-1].rstrip(")")
+        return self
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log_file.close()
+
+
+# -- one run: N streams against one server -------------------------------------------------------------------
+
+
+class Progress:
+    """A tqdm bar over the seconds of audio sent (all runs together); silent when tqdm is missing or off."""
+
+    def __init__(self, total_s: float, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(
+                    total=round(total_s, 1),
+                    unit="s",
+                    desc="bench",
+                    file=sys.stderr,
+                    bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
+                    "[{elapsed}<{remaining}]",
+                )
+            except ImportError:
+                pass
+
+    def describe(self, text: str) -> None:
+        if self.bar:
+            self.bar.set_description_str(text)
+
+    def tracker(self) -> Any:
+        last = [0.0]
+
+        def update(sent_s: float) -> None:
+            if self.bar and sent_s - last[0] >= 0.5:
+                self.bar.update(sent_s - last[0])
+                last[0] = sent_s
+
+        return update
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+async def run_level(
+    target: Target,
+    streams: list[JoinedStream],
+    meta: dict[str, Any],
+    args: argparse.Namespace,
+    progress: Progress,
+) -> dict[str, Any]:
+    norm = _normalizer(args.language)
+
+    async def one(i: int, js: JoinedStream) -> dict[str, Any]:
+        await asyncio.sleep(i * args.stagger_s)
+        started = time.monotonic()
+        info: dict[str, Any] = {
+            "stream": i,
+            "audio_s": round(len(js.audio) / 16000, 3),
+            "started": started,
+            "utterance_ids": [u.id for u in js.utterances],
+        }
+        try:
+            res = await stream_pcm(
+                target.url,
+                meta,
+                to_pcm16(js.audio),
+                speed=args.speed,
+                api_key=target.api_key,
+                timeout_s=args.drain_timeout_s,
+                on_progress=progress.tracker(),
+            )
+        except Exception as exc:  # noqa: BLE001 - one failed stream is a result, not the end of the run
+            return {
+                **info,
+                "error": f"{type(exc).__name__}: {exc}",
+                "server_errors": [],
+                "finished": False,
+                "ended": time.monotonic(),
+                "wall_s": None,
+                "drain_s": None,
+                "rtf": None,
+                "messages": 0,
+                "utterances": [],
+                "lag": [],
+                "finals": [],
+            }
+        utts = bm.utterance_metrics(
+            res.received,
+            res.audio_sent_s,
+            [(u.id, u.text) for u in js.utterances],
+            js.speech_starts,
+            js.speech_ends,
+            normalize=norm,
+            stream=i,
+            tolerance_s=args.tolerance_s,
+        )
+        finished = next(
+            (
+                r.t
+                for r in res.received
+                if r.message.get("type") == "end_audio"
+                and (r.message.get("body") or {}).get("status") == "finished"
+            ),
+            None,
+        )
+        last_sent = res.audio_sent_s[-1][0] if res.audio_sent_s else 0.0
+        end_t = finished if finished is not None else (res.received[-1].t if res.received else last_sent)
+        return {
+            **info,
+            "error": None if res.finished else f"no 'finished' (close {res.close_code} {res.close_reason})",
+            "server_errors": [m["body"] for m in res.errors],
+            "finished": res.finished,
+            "ended": started + end_t,
+            "wall_s": round(end_t, 3),
+            "drain_s": round(end_t - last_sent, 3),
+            "rtf": round(end_t / (info["audio_s"] / args.speed), 4) if args.speed > 0 else None,
+            "messages": len(res.received),
+            "utterances": [u.as_dict() for u in utts],
+            "lag": bm.lag_series(res.received, res.audio_sent_s),
+            "finals": [
+                {"t": round(f.t, 4), "num": f.num, "start_s": f.start_s, "end_s": f.end_s, "text": f.text}
+                for f in bm.transcriptions(res.received)
+                if f.is_final
+            ],
+        }
+
+    results = await asyncio.gather(*(one(i, js) for i, js in enumerate(streams)))
+    wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
+    for r in results:
+        r.pop("started"), r.pop("ended")
+    utts = [bm.UtteranceMetrics(**u) for r in results for u in r["utterances"]]
+    scored = [u for u in utts if u.id not in args.exclude_wer]
+    run_wer = (
+        wer([u.reference for u in scored], [u.hypothesis for u in scored], args.language) if scored else None
+    )
+    summary = bm.summarize(utts, run_wer)
+    total_audio = sum(r["audio_s"] for r in results if r["finished"])  # audio the server got through
+    lags = [p["server_lag_s"] for r in results for p in r["lag"] if p["server_lag_s"] is not None]
+    rtfs = [r["rtf"] for r in results if r.get("rtf") is not None and r["finished"]]
+    drains = [r["drain_s"] for r in results if r["finished"]]
+    summary.update(
+        {
+            "streams": len(results),
+            "stream_errors": sum(1 for r in results if r["error"]),
+            "audio_s": round(total_audio, 3),
+            "wall_s": round(wall, 3),
+            "rtfx": round(total_audio / wall, 4) if wall > 0 and total_audio else None,
+            "rtf_max": max(rtfs) if rtfs else None,
+            "drain_p50_s": bm.percentile(drains, 50),
+            "drain_p95_s": bm.percentile(drains, 95),
+            "server_lag_max_s": max(lags) if lags else None,
+        }
+    )
+    return {
+        "label": target.label,
+        "url": target.url,
+        "model": target.model,
+        "concurrency": len(streams),
+        "summary": summary,
+        "streams": results,
+    }
+
+
+# -- the whole ramp ------------------------------------------------------------------------------------------
+
+
+async def run_bench(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
+    utts = select_utterances(args.manifest, args.language, args.max_utterance_s, args.exclude, args.ids)
+    ramp = sorted(set(args.concurrency))
+    all_streams = build_streams(utts, max(ramp), args.utterances_per_stream, args.pause_s)
+    meta = metadata(
+        language=args.language,
+        partials=args.partials,
+        partial_interval_s=args.partial_interval,
+        threshold=args.vad_threshold,
+        min_silence_ms=args.min_silence_ms,
+        speech_pad_ms=args.speech_pad_ms,
+    )
+    per_run = [sum(len(s.audio) / 16000 for s in all_streams[:n]) for n in ramp]
+    progress = Progress(sum(per_run) * len(targets), enabled=not args.no_progress)
+    runs = []
+    started = time.time()
+    try:
+        for n in ramp:  # servers alternate at each N, so slow drift of the machine hits both alike
+            for target in targets:
+                progress.describe(f"{target.label} N={n}")
+                runs.append(await run_level(target, all_streams[:n], meta, args, progress))
+                if args.rest_s:
+                    await asyncio.sleep(args.rest_s)
+    finally:
+        progress.close()
+    return {
+        "started_unix": started,
+        "duration_s": round(time.time() - started, 2),
+        "settings": _settings(args, ramp, meta),
+        "targets": [
+            {"label": t.label, "url": t.url, "model": t.model, "api_key": bool(t.api_key), "local": t.local}
+            for t in targets
+        ],
+        "machine": machine_info(),
+        "normalizer": NORMALIZERS["en" if args.language == "en" else "other"],
+        "streams": [
+            {
+                "stream": i,
+                "utterances": [u.id for u in s.utterances],
+                "audio_s": len(s.audio) / 16000,
+                "speech_starts": s.speech_starts,
+                "speech_ends": s.speech_ends,
+            }
+            for i, s in enumerate(all_streams)
+        ],
+        "runs": runs,
+        "comparison": compare(runs, [t.label for t in targets]),
+    }
+
+
+def compare(runs: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    """Per N and server: latency p50/p95 and RTFx as ratios to the first server's (the baseline)."""
+    if len(labels) < 2:
+        return []
+    by = {(r["label"], r["concurrency"]): r["summary"] for r in runs}
+    out = []
+    for n in sorted({r["concurrency"] for r in runs}):
+        base = by.get((labels[0], n))
+        for label in labels[1:]:
+            cur = by.get((label, n))
+            if not base or not cur:
+                continue
+            row: dict[str, Any] = {"concurrency": n, "label": label, "baseline": labels[0]}
+            for key in ("latency_p50_s", "latency_p95_s", "rtfx"):
+                row[f"{key}_ratio"] = cur[key] / base[key] if cur[key] and base[key] else None
+            out.append(row)
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "client_host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _settings(args: argparse.Namespace, ramp: list[int], meta: dict[str, Any]) -> dict[str, Any]:
+    skip = {"url", "label", "api_key", "model", "server_args"}
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+    return {**out, "concurrency": ramp, "metadata": meta, "server_args": args.server_args}
+
+
+def _normalizer(language: str) -> Any:
+    from client.speech import normalizer
+
+    return normalizer(language if language == "en" else "other")
+
+
+# -- output --------------------------------------------------------------------------------------------------
+
+
+def _f(v: Any, spec: str = ".2f", unit: str = "") -> str:
+    return "-" if v is None else f"{v:{spec}}{unit}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    head = (
+        "server",
+        "N",
+        "utts",
+        "matched",
+        "lat p50",
+        "lat p95",
+        "lat max",
+        "1st part p50",
+        "cadence",
+        "unstable",
+        "WER",
+        "RTFx",
+        "RTF max",
+        "drain p95",
+        "lag max",
+        "errors",
+    )
+    rows = [head]
+    for run in report["runs"]:
+        s = run["summary"]
+        rows.append(
+            (
+                run["label"],
+                str(run["concurrency"]),
+                str(s["utterances"]),
+                str(s["finals_matched"]),
+                _f(s["latency_p50_s"], ".3f", "s"),
+                _f(s["latency_p95_s"], ".3f", "s"),
+                _f(s["latency_max_s"], ".3f", "s"),
+                _f(s["first_partial_p50_s"], ".2f", "s"),
+                _f(s["partial_interval_p50_s"], ".2f", "s"),
+                _f(s["unstable_partial_word_ratio"], ".1%"),
+                _f(s["wer"], ".1%"),
+                _f(s["rtfx"], ".2f"),
+                _f(s["rtf_max"], ".2f"),
+                _f(s["drain_p95_s"], ".2f", "s"),
+                _f(s["server_lag_max_s"], ".2f", "s"),
+                str(s["stream_errors"]),
+            )
+        )
+    lines = [_columns(rows)]
+    if report["comparison"]:
+        comp = [("N", "server", "vs", "lat p50 ratio", "lat p95 ratio", "RTFx ratio")]
+        for c in report["comparison"]:
+            comp.append(
+                (
+                    str(c["concurrency"]),
+                    c["label"],
+                    c["baseline"],
+                    _f(c["latency_p50_s_ratio"], ".2f", "x"),
+                    _f(c["latency_p95_s_ratio"], ".2f", "x"),
+                    _f(c["rtfx_ratio"], ".2f", "x"),
+                )
+            )
+        lines += ["", _columns(comp)]
+    lines += [
+        "",
+        f"WER normalizer: {report['normalizer']}",
+        "latency = arrival of the final covering an utterance's end - send time of its last sample; "
+        "RTFx = audio s / wall s of a run; RTF = a stream's wall s / its paced audio s (worst stream)",
+    ]
+    return "\n".join(lines)
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    )
+
+
+# -- command line --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="whisper-stream-bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        help="server WebSocket URL; repeat to compare servers (first = baseline). "
+        "Default: start a local server",
+    )
+    p.add_argument("--label", action="append", default=[], help="a name per --url, in the same order")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="'Authorization: Api-Key KEY'; once for all servers or once per --url ('' = none); "
+        "default env BASETEN_API_KEY",
+    )
+    p.add_argument("--model", action="append", default=[], help="model name per --url, for the report")
+    p.add_argument(
+        "--server-args",
+        default="",
+        help='extra arguments for the local server, e.g. "--model /models/small --cpu-threads 2"',
+    )
+    p.add_argument(
+        "--concurrency", type=_int_list, default=[1, 2, 4], help="the ramp, e.g. 1,2,4,8 (default)"
+    )
+    p.add_argument("--manifest", type=Path, default=DEFAULT_DATA / "manifest.jsonl")
+    p.add_argument("--language", default="en", help="utterances of this language, declared as audio_language")
+    p.add_argument("--utterances-per-stream", type=int, default=4)
+    p.add_argument("--pause-s", type=float, default=1.5, help="silence between utterances (default 1.5)")
+    p.add_argument("--max-utterance-s", type=float, default=30.0, help="skip longer recordings")
+    p.add_argument(
+        "--exclude", type=_str_list, default=[], help="utterance ids to leave out, comma-separated"
+    )
+    p.add_argument("--ids", type=_str_list, default=None, help="use exactly these utterance ids, in order")
+    p.add_argument(
+        "--exclude-wer",
+        type=_str_list,
+        default=list(NOT_FOR_WER),
+        help="ids streamed but not scored (default: references that are other recognisers' output)",
+    )
+    p.add_argument("--speed", type=float, default=1.0, help="pace: 1 = real time (default)")
+    p.add_argument("--stagger-s", type=float, default=0.25, help="start stream i this many seconds x i later")
+    p.add_argument("--rest-s", type=float, default=1.0, help="pause between runs")
+    p.add_argument("--partials", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--partial-interval", type=float, default=0.5)
+    p.add_argument("--vad-threshold", type=float, default=0.5)
+    p.add_argument("--min-silence-ms", type=int, default=300)
+    p.add_argument("--speech-pad-ms", type=int, default=30)
+    p.add_argument(
+        "--tolerance-s",
+        type=float,
+        default=bm.TOLERANCE_S,
+        help="a final covers an utterance when its last segment ends >= speech end - this",
+    )
+    p.add_argument("--drain-timeout-s", type=float, default=180.0, help="wait this long for 'finished'")
+    p.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="directory for bench.json and PNGs"
+    )
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _int_list(text: str) -> list[int]:
+    values = [int(x) for x in text.replace(" ", "").split(",") if x]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of positive integers")
+    return values
+
+
+def _str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def make_targets(args: argparse.Namespace, local: LocalServer | None) -> list[Target]:
+    urls = args.url or ([local.url] if local else [])
+    if args.label and len(args.label) != len(urls):
+        raise SystemExit("give one --label per --url")
+    keys = args.api_key or [os.environ.get("BASETEN_API_KEY") or ""]
+    if len(keys) not in (1, len(urls)):
+        raise SystemExit("give --api-key once, or once per --url")
+    keys = keys * len(urls) if len(keys) == 1 else keys
+    models = args.model or ([local.model] if local else ["unknown"])
+    models = models * len(urls) if len(models) == 1 else models
+    labels = args.label or [("local" if local else urlparse(u).netloc or u) for u in urls]
+    if len(set(labels)) != len(labels):
+        labels = [f"{lab}#{i}" for i, lab in enumerate(labels)]
+    return [
+        Target(lab, u, k or None, m, local=bool(local) and u == local.url)
+        for lab, u, k, m in zip(labels, urls, keys, models, strict=True)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    local = None
+    if not args.url:
+        print("bench: starting a local server (no --url given) ...", file=sys.stderr, flush=True)
+        local = LocalServer(args.out / "server.log", shlex.split(args.server_args), 4 * max(args.concurrency))
+        local.wait()
+    try:
+        report = asyncio.run(run_bench(make_targets(args, local), args))
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if local:
+            local.stop()
+    json_path = args.out / "bench.json"
+    json_path.write_text(json.dumps(report, indent=1))
+    for run in report["runs"]:
+        for stream in run["streams"]:
+            if stream["error"]:
+                print(
+                    f"bench: {run['label']} N={run['concurrency']} stream {stream['stream']}: "
+                    f"{stream['error']}",
+                    file=sys.stderr,
+                )
+    print(format_table(report))
+    print(f"\nwrote {json_path}", end="")
+    if not args.no_plots:
+        from client.bench_plots import write_plots
+
+        paths = write_plots(report, args.out)
+        print(", " + ", ".join(str(p) for p in paths), end="")
+    print()
+    return 1 if any(r["summary"]["stream_errors"] for r in report["runs"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

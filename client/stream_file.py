@@ -1,0 +1,194 @@
+"""Stream audio files to a server as if they were live, print the transcripts, optionally log every message.
+
+    python -m client.stream_file speech.wav other.mp3 --speed 2 --jsonl messages.jsonl
+
+Any file PyAV decodes (WAV, FLAC, MP3, ...), at any rate and channel count, is converted to what the metadata
+declares (`--encoding`, `--sample-rate`; default the documented pcm_s16le at 16 kHz) and sent in 32 ms frames
+(512 samples at 16 kHz), paced at real time or `--speed` times faster (0 = as fast as the socket takes it).
+Each file is one stream: metadata, audio, `end_audio`, then the remaining finals until `finished`.
+
+`--jsonl` writes one line per received message: `{"file", "t", "unix_time", "message"}`, `t` being seconds
+since the stream's first audio frame on the client's monotonic clock, the clock latency is measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import websockets
+
+from client.display import TranscriptPrinter
+from client.protocol import Received, StreamResult, frame_samples, metadata, stream_pcm
+from client.speech import load_audio
+from whisper_stream.audio import SAMPLE_WIDTH as BYTES_PER_SAMPLE
+from whisper_stream.audio import encode as encode_audio
+
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/websocket"
+
+
+class JsonlRecorder:
+    """Appends every received message, with its arrival time, to a JSON-lines file (one object per line)."""
+
+    def __init__(self, out: TextIO, file: str) -> None:
+        self.out = out
+        self.file = file
+
+    def __call__(self, item: Received) -> None:
+        row = {"file": self.file, "t": round(item.t, 6), "unix_time": time.time(), "message": item.message}
+        self.out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+
+async def stream_file(
+    path: Path | str,
+    url: str,
+    *,
+    meta: dict[str, Any] | None = None,
+    speed: float = 1.0,
+    api_key: str | None = None,
+    on_message: Callable[[Received], None] | None = None,
+    timeout_s: float = 300.0,
+) -> StreamResult:
+    """Decode `path`, convert it to the metadata's encoding and rate, stream it paced, collect the replies."""
+    meta = meta or metadata()
+    params = meta.get("streaming_params", {})
+    encoding = params.get("encoding", "pcm_s16le")
+    sample_rate = int(params.get("sample_rate", 16000))
+    audio = load_audio(path, sample_rate)
+    width = BYTES_PER_SAMPLE[encoding]
+    return await stream_pcm(
+        url,
+        meta,
+        encode_audio(audio, encoding),
+        speed=speed,
+        frame_bytes=frame_samples(sample_rate) * width,
+        bytes_per_second=sample_rate * width,
+        api_key=api_key,
+        timeout_s=timeout_s,
+        on_message=on_message,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="whisper-stream-file", description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="+", type=Path, help="audio files (WAV, FLAC, MP3, ...)")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("WHISPER_STREAM_URL", DEFAULT_URL),
+        help="WebSocket URL (env WHISPER_STREAM_URL)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("BASETEN_API_KEY"),
+        help="sent as 'Authorization: Api-Key KEY' (env BASETEN_API_KEY)",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="pace: 1 = real time (default), N = N times faster, 0 = no pacing",
+    )
+    p.add_argument("--language", default="en", help="audio_language: ISO code or 'auto' (default en)")
+    p.add_argument(
+        "--partials",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="ask for partial transcripts (default off, as Baseten recommends for agents)",
+    )
+    p.add_argument("--partial-interval", type=float, default=0.5, metavar="S")
+    p.add_argument("--vad-threshold", type=float, default=0.5)
+    p.add_argument("--min-silence-ms", type=int, default=300)
+    p.add_argument("--speech-pad-ms", type=int, default=30)
+    p.add_argument(
+        "--encoding",
+        choices=sorted(BYTES_PER_SAMPLE),
+        default="pcm_s16le",
+        help="what the metadata declares and the audio is converted to (default pcm_s16le)",
+    )
+    p.add_argument(
+        "--sample-rate",
+        type=int,
+        default=None,
+        help="declared and converted-to rate (default 16000; 8000 for pcm_mulaw/pcm_alaw)",
+    )
+    p.add_argument("--jsonl", type=Path, default=None, help="write every received message here")
+    p.add_argument("--timestamps", action="store_true", help="print stream times before each final")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+async def _amain(args: argparse.Namespace) -> int:
+    rate = args.sample_rate or (8000 if args.encoding in ("pcm_mulaw", "pcm_alaw") else 16000)
+    meta = metadata(
+        language=args.language,
+        partials=args.partials,
+        partial_interval_s=args.partial_interval,
+        threshold=args.vad_threshold,
+        min_silence_ms=args.min_silence_ms,
+        speech_pad_ms=args.speech_pad_ms,
+        encoding=args.encoding,
+        sample_rate=rate,
+    )
+    log = args.jsonl.open("w") if args.jsonl else None
+    failures = 0
+    try:
+        for path in args.files:
+            prefix = f"{path.name}: " if len(args.files) > 1 else ""
+            printer = TranscriptPrinter(
+                show_partials=args.partials, timestamps=args.timestamps, prefix=prefix
+            )
+            recorder = JsonlRecorder(log, str(path)) if log else None
+
+            def on_message(item: Received, printer: Any = printer, recorder: Any = recorder) -> None:
+                if recorder:
+                    recorder(item)
+                if not args.quiet or item.message.get("type") == "error":
+                    printer(item)
+
+            result = await stream_file(
+                path, args.url, meta=meta, speed=args.speed, api_key=args.api_key, on_message=on_message
+            )
+            if not result.finished:
+                failures += 1
+                print(
+                    f"{path}: stream ended without 'finished' (close {result.close_code} "
+                    f"{result.close_reason})",
+                    file=sys.stderr,
+                )
+    finally:
+        if log:
+            log.close()
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prog = "whisper-stream-file"
+    missing = [str(p) for p in args.files if not p.is_file()]
+    if missing:
+        print(f"{prog}: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_amain(args))
+    except websockets.InvalidStatus as exc:
+        print(f"{prog}: the server refused the connection: HTTP {exc.response.status_code}", file=sys.stderr)
+    except TimeoutError:
+        print(f"{prog}: {args.url}: timed out", file=sys.stderr)
+    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
+        print(f"{prog}: cannot connect to {args.url}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

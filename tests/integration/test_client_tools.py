@@ -1,0 +1,237 @@
+"""The client tools against the real server (subprocess on a free loopback port, the default CPU model).
+
+Kept short (a few seconds of real speech each) because the server transcribes on a small shared CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import pytest
+
+from client import bench, mic
+from client.display import TranscriptPrinter
+from client.protocol import Received, metadata
+from client.speech import load_audio, normalizer, to_pcm16
+from client.stream_file import JsonlRecorder, stream_file
+
+WIZARD = "ls_61-70968-0000"  # "He began a confused complaint against the wizard ..." (4.9 s)
+
+
+class WavInputStream:
+    """Stands in for `sounddevice.RawInputStream`: plays PCM into the callback from a thread, in real time.
+
+    Like a microphone it keeps delivering (silence) after the recording until stopped; `on_played` fires once
+    the recording and `tail_s` of silence have been delivered, which is where the test presses "Ctrl-C".
+    """
+
+    def __init__(
+        self,
+        pcm: bytes,
+        *,
+        samplerate: int,
+        blocksize: int,
+        channels: int,
+        dtype: str,
+        callback: Any,
+        device: Any = None,
+        tail_s: float = 1.0,
+        on_played: Any = None,
+    ) -> None:
+        self.opened_with = {
+            "samplerate": samplerate,
+            "blocksize": blocksize,
+            "channels": channels,
+            "dtype": dtype,
+        }
+        self.pcm, self.callback, self.tail_s, self.on_played = pcm, callback, tail_s, on_played
+        self.block_bytes = blocksize * channels * 2
+        self.block_s = blocksize / samplerate
+        self.blocks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        played = len(self.pcm) / self.block_bytes * self.block_s + self.tail_s
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            i = self.blocks * self.block_bytes
+            block = self.pcm[i : i + self.block_bytes].ljust(self.block_bytes, b"\0")
+            delay = t0 + (self.blocks + 1) * self.block_s - time.monotonic()  # a block exists once recorded
+            if delay > 0:
+                time.sleep(delay)
+            self.callback(memoryview(block), len(block) // 2, None, None)
+            self.blocks += 1
+            if self.on_played and self.blocks * self.block_s >= played:
+                self.on_played()
+                self.on_played = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_mic_client_with_a_virtual_microphone(server, speech):
+    pcm = to_pcm16(load_audio(speech[WIZARD].path))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    devices: list[WavInputStream] = []
+
+    def factory(**kwargs: Any) -> WavInputStream:
+        dev = WavInputStream(pcm, on_played=lambda: loop.call_soon_threadsafe(stop.set), **kwargs)
+        devices.append(dev)
+        return dev
+
+    out = io.StringIO()
+    meta = metadata(partials=True, partial_interval_s=1.0)
+    started = time.monotonic()
+    result = await mic.run_mic(
+        server.url, meta, stream_factory=factory, stop=stop, on_message=TranscriptPrinter(out, tty=False)
+    )
+    assert time.monotonic() - started >= len(pcm) / 32000  # paced by the device, not faster
+    (dev,) = devices
+    assert dev.opened_with == {"samplerate": 16000, "blocksize": 512, "channels": 1, "dtype": "int16"}
+    # every frame is one 512-sample block, sent as it was captured; all captured audio was sent
+    steps = np.diff([0.0] + [a for _, a in result.audio_sent_s])
+    assert np.allclose(steps, 0.032)
+    assert len(result.audio_sent_s) == dev.blocks
+    # Ctrl-C: end_audio acknowledged, the last final, finished
+    assert result.finished and not result.errors and result.close_code == 1000
+    kinds = [r.message.get("type") for r in result.received]
+    assert kinds[-1] == "end_audio" and "transcription" in kinds
+    assert "wizard" in result.text.lower()
+    printed = out.getvalue().splitlines()
+    finals = [line for line in printed if not line.startswith("[partial]")]
+    assert any("wizard" in line.lower() for line in finals), printed
+
+
+def test_mic_without_an_audio_device_gives_a_message_not_a_traceback(capsys):
+    def no_device(**kwargs: Any) -> Any:
+        raise OSError("Error querying device -1")
+
+    code = mic.main(["--url", "ws://127.0.0.1:9/v1/websocket"], stream_factory=no_device)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot open the microphone" in err and "Traceback" not in err
+
+
+def test_terminal_printer_rewrites_partials_in_place():
+    out = io.StringIO()
+    printer = TranscriptPrinter(out, tty=True)
+    part = {"type": "transcription", "is_final": False, "segments": [{"text": "hello"}]}
+    final = {"type": "transcription", "is_final": True, "segments": [{"text": "Hello world."}]}
+    printer(Received(0.1, part))
+    printer(Received(0.2, {**part, "segments": [{"text": "hello wor"}]}))
+    printer(Received(0.3, final))
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("Hello world.\n")
+    assert text.count("\r\x1b[K") == 3  # each partial replaces the last; the final clears the line first
+
+
+def _write_stereo_wav(path: Path, audio: np.ndarray, rate: int) -> None:
+    """The recording as a 22.05 kHz stereo WAV: the streamer must convert it to 16 kHz mono."""
+    t_src = np.arange(len(audio)) / 16000
+    t_dst = np.arange(int(len(audio) / 16000 * rate)) / rate
+    mono = np.interp(t_dst, t_src, audio)
+    stereo = (np.stack([mono, 0.5 * mono], axis=1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(stereo.tobytes())
+
+
+async def test_file_streamer_converts_paces_and_logs_every_message(server, speech, tmp_path):
+    src = tmp_path / "wizard_22k_stereo.wav"
+    _write_stereo_wav(src, load_audio(speech[WIZARD].path), 22050)
+    log = tmp_path / "messages.jsonl"
+    with log.open("w") as fh:
+        result = await stream_file(src, server.url, speed=4.0, on_message=JsonlRecorder(fh, str(src)))
+    assert result.finished and not result.errors
+    assert result.audio_sent_s[-1][1] == pytest.approx(4.905, abs=0.05)  # 16 kHz mono seconds, not 22.05 kHz
+    assert result.audio_sent_s[-1][0] >= 4.905 / 4 - 0.1  # paced at 4x real time
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == len(result.received) >= 3
+    assert [r["t"] for r in rows] == sorted(r["t"] for r in rows) and all(r["t"] > 0 for r in rows)
+    assert {r["file"] for r in rows} == {str(src)}
+    assert rows[-1]["message"]["body"]["status"] == "finished"
+    finals = [
+        r["message"] for r in rows if r["message"].get("type") == "transcription" and r["message"]["is_final"]
+    ]
+    assert "wizard" in " ".join(f["transcript"] for f in finals).lower()
+
+
+def test_benchmark_against_the_real_server(server, speech, tmp_path, capsys):
+    ids = ["lj_LJ002-0020", "lj_LJ002-0035", WIZARD]  # 1.5 s, 1.6 s, 4.9 s
+    out = tmp_path / "bench"
+    code = bench.main(
+        [
+            "--url",
+            server.url,
+            "--label",
+            "local",
+            "--concurrency",
+            "1,2",
+            "--ids",
+            ",".join(ids),
+            "--utterances-per-stream",
+            "2",
+            "--pause-s",
+            "2.5",  # streams long enough that a final delayed by the slow shared CPU still lands inside
+            "--no-partials",  # the slow shared CPU keeps its time for the finals being measured
+            "--stagger-s",
+            "0.1",
+            "--rest-s",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads((out / "bench.json").read_text())
+    assert [r["concurrency"] for r in report["runs"]] == [1, 2]
+    assert report["targets"][0]["url"] == server.url and "cpu" in report["machine"]
+    assert "EnglishTextNormalizer" in report["normalizer"]
+    norm = normalizer("en")
+    for run in report["runs"]:
+        s = run["summary"]
+        assert s["stream_errors"] == 0 and s["rtfx"] > 0
+        refs, hyps = [], []
+        for stream in run["streams"]:
+            assert stream["finished"] and stream["messages"] > 0 and stream["lag"]
+            for u in stream["utterances"]:
+                assert u["latency_s"] is not None, u
+                assert 0 < u["latency_s"] < stream["audio_s"], u
+                refs.append(norm(u["reference"]))
+                hyps.append(norm(u["hypothesis"]))
+            # the hypotheses are exactly the finals' text, split between the utterances
+            joined = " ".join(u["hypothesis"] for u in stream["utterances"] if u["hypothesis"])
+            assert joined == " ".join(f["text"] for f in stream["finals"] if f["text"])
+        # the reported WER is jiwer's on the same (normalised) final text
+        assert s["wer"] == pytest.approx(jiwer.wer(refs, hyps), abs=1e-12)
+        assert s["wer"] < 0.35
+        assert s["latency_p50_s"] <= s["latency_p95_s"] <= s["latency_max_s"]
+        assert f"{s['latency_p50_s']:.3f}s" in printed
+    for name in ("latency_distribution.png", "latency_vs_concurrency.png", "lag_over_time.png"):
+        from PIL import Image
+
+        with Image.open(out / name) as img:
+            img.verify()
+            assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100

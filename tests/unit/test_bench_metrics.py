@@ -1,0 +1,194 @@
+"""The benchmark's pure metric functions, on hand-made message logs whose right answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client import bench_metrics as bm
+from client.bench import compare, format_table
+from client.protocol import Received, frame_samples
+from whisper_stream.audio import encode as encode_audio
+
+
+def norm(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+def tx(
+    t: float, final: bool, num: int, segs: list[tuple[float, float, str]], lag: float | None = 0.1
+) -> Received:
+    msg = {
+        "type": "transcription",
+        "is_final": final,
+        "transcription_num": num,
+        "segments": [{"start_time": s, "end_time": e, "text": x} for s, e, x in segs],
+        "transcript": " ".join(x for _, _, x in segs),
+    }
+    if lag is not None:
+        msg["server_lag_s"] = lag
+    return Received(t, msg)
+
+
+def paced(duration_s: float, frame_s: float = 0.032, start: float = 0.01) -> list[tuple[float, float]]:
+    """audio_sent_s of a stream paced exactly in real time: frame k (ending at (k+1)*frame_s) sent then."""
+    n = int(np.ceil(duration_s / frame_s))
+    return [(start + k * frame_s, min((k + 1) * frame_s, duration_s)) for k in range(n)]
+
+
+def test_sent_time_is_the_frame_holding_the_sample():
+    sent = [(0.0, 0.032), (0.032, 0.064), (0.064, 0.080)]
+    assert bm.sent_time_at(sent, 0.0) == 0.0
+    assert bm.sent_time_at(sent, 0.032) == 0.0  # the first frame's last sample
+    assert bm.sent_time_at(sent, 0.033) == 0.032
+    assert bm.sent_time_at(sent, 0.080) == 0.064
+    assert bm.sent_time_at(sent, 0.081) is None
+    assert bm.audio_sent_at(sent, -1.0) == 0.0
+    assert bm.audio_sent_at(sent, 0.05) == 0.064
+    assert bm.audio_sent_at(sent, 9.0) == 0.080
+
+
+def test_match_final_takes_the_first_covering_final_of_this_utterance():
+    finals = [
+        bm.Transcription(3.0, True, 0, ((0.5, 1.0, "early cut"),), None),  # forced split: ends too early
+        bm.Transcription(4.0, False, 1, ((1.0, 2.9, "a partial"),), None),  # partials never count
+        bm.Transcription(5.0, True, 1, ((1.0, 2.7, "the end"),), None),  # within tolerance of 3.0
+        bm.Transcription(6.0, True, 2, ((2.5, 3.2, "again"),), None),  # also covers, but arrived later
+    ]
+    assert bm.match_final(finals, 0.5, 3.0, tolerance_s=0.5).t == 5.0
+    assert bm.match_final(finals, 0.5, 3.0, tolerance_s=0.2).t == 6.0
+    # a later utterance's final (starting after this one's end) is never taken for it
+    later = [bm.Transcription(9.0, True, 3, ((4.5, 6.0, "next one"),), None)]
+    assert bm.match_final(later, 0.5, 3.0) is None
+    assert bm.match_final([bm.Transcription(1.0, True, 0, (), None)], 0.5, 3.0) is None
+
+
+def test_latency_first_partial_cadence_and_instability_on_a_known_log():
+    starts, ends = (0.5, 4.0), (2.5, 6.0)
+    sent = paced(7.0)
+    speech_end_sent = bm.sent_time_at(sent, 2.5)
+    received = [
+        tx(1.3, False, 0, [(0.5, 1.2, "the quick")]),
+        tx(1.9, False, 0, [(0.5, 1.8, "the quack brown")]),
+        tx(2.4, False, 0, [(0.5, 2.3, "the quick brown fox")]),
+        tx(3.1, True, 0, [(0.5, 2.48, "The quick brown fox.")]),
+        tx(7.6, True, 1, [(4.0, 5.9, "Jumps over.")]),
+        Received(7.7, {"type": "end_audio", "body": {"status": "finished"}}),
+    ]
+    utts = bm.utterance_metrics(
+        received, sent, [("a", "the quick brown fox"), ("b", "jumps over")], starts, ends, normalize=norm
+    )
+    a, b = utts
+    assert a.latency_s == pytest.approx(3.1 - speech_end_sent)
+    assert 0 < a.latency_s < 1.0
+    assert a.final_num == 0 and a.partials == 3
+    assert a.first_partial_s == pytest.approx(1.3 - bm.sent_time_at(sent, 0.5))
+    assert a.partial_intervals_s == pytest.approx([0.6, 0.5])
+    # shown: 2 + 3 + 4 = 9 words; only "quack" was changed by the final
+    assert (a.unstable_words, a.partial_words) == (1, 9)
+    assert a.hypothesis == "The quick brown fox."
+    assert b.latency_s == pytest.approx(7.6 - bm.sent_time_at(sent, 6.0))
+    assert b.partials == 0 and b.first_partial_s is None and b.hypothesis == "Jumps over."
+    summary = bm.summarize(utts, wer=0.0)
+    assert summary["finals_matched"] == 2
+    assert summary["latency_p50_s"] == pytest.approx((a.latency_s + b.latency_s) / 2)
+    assert summary["unstable_partial_word_ratio"] == pytest.approx(1 / 9)
+    assert summary["partial_interval_p50_s"] == pytest.approx(0.55)
+
+
+def test_an_utterance_without_final_is_unmatched_not_given_the_next_final():
+    sent = paced(8.0)
+    received = [tx(7.5, True, 0, [(4.0, 5.9, "only the second")])]
+    a, b = bm.utterance_metrics(
+        received, sent, [("a", "first"), ("b", "only the second")], (0.5, 4.0), (2.5, 6.0), normalize=norm
+    )
+    assert a.latency_s is None and a.hypothesis == ""
+    assert b.latency_s is not None and b.hypothesis == "only the second"
+    assert bm.summarize([a, b], None)["finals_matched"] == 1
+
+
+def test_segments_go_to_the_utterance_whose_slot_holds_their_midpoint():
+    finals = [
+        bm.Transcription(
+            1.0, True, 0, ((0.4, 1.0, "one"), (1.0, 2.6, "two")), None
+        ),  # a little late: still #0
+        bm.Transcription(2.0, True, 1, ((3.4, 5.0, "three"),), None),  # a little early: still #1
+        bm.Transcription(3.0, False, 2, ((6.0, 7.0, "partial only"),), None),
+    ]
+    assert bm.assign_segments(finals, (0.5, 3.5, 7.0), (2.5, 5.0, 8.0)) == ["one two", "three", ""]
+
+
+def test_unstable_words_counts_every_showing():
+    assert bm.unstable_words([], "anything", norm) == (0, 0)
+    assert bm.unstable_words(["hello", "hello world"], "Hello, world!", norm) == (0, 3)
+    assert bm.unstable_words(["hollow", "hollow word"], "hello world", norm) == (3, 3)
+
+
+def test_lag_series_reports_server_and_client_lag():
+    sent = paced(4.0, start=0.0)
+    received = [tx(2.0, False, 0, [(0.5, 1.5, "x")], lag=0.4), tx(3.0, True, 0, [(0.5, 1.9, "x")], lag=None)]
+    series = bm.lag_series(received, sent)
+    assert series[0]["server_lag_s"] == 0.4 and series[1]["server_lag_s"] is None
+    assert series[0]["audio_sent_s"] == pytest.approx(2.016, abs=0.04)
+    assert series[1]["client_lag_s"] == pytest.approx(3.008 - 1.9, abs=0.04)
+
+
+def test_percentiles():
+    assert bm.percentile([], 50) is None
+    assert bm.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert bm.percentile(list(range(101)), 95) == 95.0
+
+
+def _run(label: str, n: int, p50: float, p95: float, rtfx: float) -> dict:
+    summary = {
+        "latency_p50_s": p50,
+        "latency_p95_s": p95,
+        "rtfx": rtfx,
+        "utterances": 2,
+        "finals_matched": 2,
+        "latency_max_s": p95,
+        "first_partial_p50_s": None,
+        "partial_interval_p50_s": None,
+        "unstable_partial_word_ratio": None,
+        "wer": 0.05,
+        "rtf_max": 1.1,
+        "drain_p95_s": 0.4,
+        "server_lag_max_s": None,
+        "stream_errors": 0,
+    }
+    return {"label": label, "concurrency": n, "summary": summary, "streams": []}
+
+
+def test_two_servers_are_compared_as_ratios_to_the_first():
+    runs = [
+        _run("cpu", 1, 1.0, 2.0, 1.0),
+        _run("triton", 1, 0.5, 0.5, 1.0),
+        _run("cpu", 4, 2.0, 4.0, 3.0),
+        _run("triton", 4, 0.5, 1.0, 3.9),
+    ]
+    rows = compare(runs, ["cpu", "triton"])
+    assert [(r["concurrency"], r["label"]) for r in rows] == [(1, "triton"), (4, "triton")]
+    assert rows[0]["latency_p50_s_ratio"] == 0.5 and rows[0]["latency_p95_s_ratio"] == 0.25
+    assert rows[1]["rtfx_ratio"] == pytest.approx(1.3)
+    assert compare(runs[:1], ["cpu"]) == []
+    table = format_table({"runs": runs, "comparison": rows, "normalizer": "test"})
+    assert "lat p50 ratio" in table and "0.25x" in table and "triton" in table
+
+
+def test_encodings_and_frame_sizes():
+    assert frame_samples(16000) == 512 and frame_samples(8000) == 256
+    x = np.array([0.0, 0.5, -0.5, 1.0, -1.0], np.float32)
+    assert len(encode_audio(x, "pcm_s16le")) == 10 and len(encode_audio(x, "pcm_f32le")) == 20
+    assert encode_audio(np.zeros(3, np.float32), "pcm_mulaw") == b"\xff\xff\xff"  # G.711 mu-law silence
+    assert encode_audio(np.zeros(3, np.float32), "pcm_alaw") == b"\xd5\xd5\xd5"  # G.711 A-law silence
+    with pytest.raises(ValueError):
+        encode_audio(x, "opus")
+
+
+def test_mulaw_and_alaw_match_the_reference_codec():
+    audioop = pytest.importorskip("audioop")  # the C reference, in the standard library up to Python 3.12
+    pcm = np.arange(-32768, 32768, 7, dtype=np.int32)
+    raw = pcm.astype("<i2").tobytes()
+    x = pcm.astype(np.float32) / 32768.0
+    assert encode_audio(x, "pcm_mulaw") == audioop.lin2ulaw(raw, 2)
+    assert encode_audio(x, "pcm_alaw") == audioop.lin2alaw(raw, 2)

@@ -129,8 +129,14 @@ class BundledTriton:
         libdirs = [sysconfig.get_config_var("LIBDIR") or "", str(self.libs), env.get("LD_LIBRARY_PATH", "")]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libdirs if p)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH", "")) if p)
-        return env
+        return package_environment(env)
+
+
+def package_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment with this package importable by Triton's python stubs (they start clean)."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 @dataclass
@@ -141,6 +147,9 @@ class TritonServer:
     ports: Ports = field(default_factory=Ports)
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()
+    # An installed tritonserver with its own backends (NVIDIA's images: /opt/tritonserver/bin/tritonserver)
+    # instead of the CPU build bundled in nvidia-pytriton.
+    binary: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _workdir: Path | None = field(default=None, init=False, repr=False)
     _shm_prefix: str = field(
@@ -159,19 +168,23 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.metrics}/metrics"
 
-    def command(self, backends: Path, bundled: BundledTriton) -> list[str]:
-        return [
-            str(bundled.binary),
-            f"--model-repository={self.repository}",
+    def command(self, backends: Path | None = None, bundled: BundledTriton | None = None) -> list[str]:
+        local = [] if bundled is None or backends is None else [
             f"--backend-directory={backends}",
             f"--cache-directory={bundled.root / 'caches'}",
+            "--allow-gpu-metrics=false",  # the CPU build has no GPU to report on
+        ]  # fmt: skip
+        binary = self.binary or (bundled.binary if bundled else Path("tritonserver"))
+        return [
+            str(binary),
+            f"--model-repository={self.repository}",
+            *local,
             "--http-address=127.0.0.1",
             f"--http-port={self.ports.http}",
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.ports.grpc}",
             "--metrics-address=127.0.0.1",
             f"--metrics-port={self.ports.metrics}",
-            "--allow-gpu-metrics=false",
             "--exit-timeout-secs=5",
             # Unique shared-memory names so a killed server's leftovers can be removed (see stop()).
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
@@ -181,16 +194,20 @@ class TritonServer:
     def start(self) -> None:
         if self.running:
             raise RuntimeError("Triton is already running")
-        bundled = BundledTriton.find()
         if self._workdir is None:  # kept across restarts: same log, same backend directory
             self._workdir = Path(tempfile.mkdtemp(prefix="whisper-stream-triton-"))
-        backends = bundled.backend_directory(self._workdir / "backends")
+        if self.binary is None:
+            bundled = BundledTriton.find()
+            argv = self.command(bundled.backend_directory(self._workdir / "backends"), bundled)
+            env = bundled.environment()
+        else:
+            argv, env = self.command(), package_environment()
         log_path = self.log_path or self._workdir / "tritonserver.log"
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             self._process = subprocess.Popen(
-                self.command(backends, bundled),
-                env=bundled.environment(),
+                argv,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

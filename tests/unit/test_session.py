@@ -307,3 +307,102 @@ def test_audio_after_end_audio_is_refused():
     s.end_audio(now=0.0)
     (msg,) = sent(s.feed_audio(pcm(tone(0.1)), now=0.0))
     assert msg["type"] == "error"
+
+
+def make_meta(meta: dict, vad=None) -> Session:
+    return Session(parse_metadata(meta), vad or LoudnessVad(), stream_id="s2")
+
+
+def test_fixed_segmentation_without_vad_cuts_windows_and_skips_silent_ones():
+    s = make_meta(
+        {"whisper_params": {"enable_vad": False}, "streaming_params": {"final_transcript_max_duration_s": 2}}
+    )
+    acts = feed(s, np.concatenate([tone(1.0), silence(3.0), tone(0.5), silence(1.5)])) + s.end_audio(now=0.0)
+    finals = requests(acts, "final")
+    assert [(f.start_s, f.end_s) for f in finals] == [
+        (0.0, pytest.approx(2.0, abs=0.04)),
+        (pytest.approx(4.0, abs=0.04), pytest.approx(6.0, abs=0.04)),
+    ]
+
+
+def test_dynamic_preprocessing_normalises_the_window():
+    s = make_meta({"whisper_params": {"use_dynamic_preprocessing": True}})
+    (f,) = requests(feed(s, np.concatenate([tone(1.0, amp=0.08), silence(0.5)])), "final")
+    rms = float(np.sqrt(np.mean(f.request.audio**2)))
+    assert rms == pytest.approx(10 ** (-20 / 20), rel=0.15)
+
+
+def test_conditioning_on_previous_finals_adds_them_to_the_prompt():
+    s = make_meta({"whisper_params": {"condition_on_previous_finals": True, "prompt": "Names: Ada."}})
+    (f1,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    assert f1.request.options.prompt == "Names: Ada."
+    answer(s, f1, text="hello there")
+    (f2,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    assert f2.request.options.prompt == "Names: Ada. hello there"
+
+
+def test_prompt_echo_is_dropped():
+    s = make_meta({"whisper_params": {"prompt": "Quarterly budget review."}})
+    (f,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    assert sent(answer(s, f, text="Quarterly budget review.")) == []
+
+
+def test_repetition_loop_is_collapsed_and_flagged():
+    s = make()
+    (f,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    (msg,) = sent(answer(s, f, text="go on " * 12, compression_ratio=4.0))
+    assert msg["transcript"] == "go on" and msg["segments"][0]["possible_hallucination"] is True
+
+
+def test_auto_language_hint_and_continuation_language():
+    s = make_meta(
+        {
+            "whisper_params": {"audio_language": "auto"},
+            "streaming_params": {"final_transcript_max_duration_s": 3},
+        }
+    )
+    (f1,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    assert f1.request.options.language is None and f1.request.options.language_hint is None
+    res = fake_result(f1.request)
+    res = type(res)(segments=res.segments, language="es", language_prob=0.9)
+    s.on_result(f1.request_id, res, None, now=0.0)
+    (f2,) = requests(feed(s, tone(3.1)), "final")  # forced cut: the utterance goes on
+    assert f2.request.options.language_hint == "es"
+    res2 = type(res)(segments=res.segments, language="pt", language_prob=0.6)
+    s.on_result(f2.request_id, res2, None, now=0.0)
+    (f3,) = requests(feed(s, np.concatenate([tone(0.5), silence(0.5)])), "final")
+    assert f3.request.options.language == "pt"  # later pieces keep the utterance's first language
+
+
+def test_timing_info_is_attached_when_asked():
+    s = make_meta({"include_timing_info": True})
+    (f,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    s.add_processing_time(0.01)
+    (msg,) = sent(
+        s.on_result(
+            f.request_id,
+            fake_result(f.request),
+            None,
+            now=0.0,
+            timing={"queue_s": 0.1, "model_s": 0.2, "batch_size": 2},
+        )
+    )
+    assert msg["timing_info"]["model_s"] == 0.2 and msg["timing_info"]["batch_size"] == 2
+
+
+@pytest.mark.parametrize(
+    "encoding,rate,width",
+    [("pcm_mulaw", 8000, 1), ("pcm_f32le", 48000, 4), ("pcm_alaw", 8000, 1), ("pcm_s16le", 44100, 2)],
+)
+def test_other_encodings_and_rates_find_the_same_speech(encoding, rate, width):
+    from whisper_stream.audio import encode, resample
+
+    audio = np.concatenate([silence(1.0), tone(1.0), silence(1.0)])
+    s = make_meta({"streaming_params": {"encoding": encoding, "sample_rate": rate}})
+    data = encode(resample(audio, 16000, rate), encoding)
+    frame = rate * 32 // 1000 * width
+    acts = []
+    for i in range(0, len(data), frame):
+        acts += s.feed_audio(data[i : i + frame], now=0.0)
+    (f,) = requests(acts + s.end_audio(now=0.0), "final")
+    assert f.start_s == pytest.approx(1.0, abs=0.05) and f.end_s == pytest.approx(2.0, abs=0.05)

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from whisper_stream import metrics
 from whisper_stream.engine import Engine, EngineUnavailable, TranscribeRequest, TranscribeResult
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,16 @@ class Scheduler:
 
     def _next_batch(self) -> list[Job]:
         now = time.monotonic()
-        while self._partials and now - self._partials[0].queued_at > self.partial_max_wait_s:
-            job = self._partials.popleft()
-            self.stats.partials_shed += 1
-            log.debug("partial shed after %.2f s in queue", now - job.queued_at)
-            job.callback(None, None, None)
+        keep: deque[Job] = deque()
+        for job in self._partials:
+            if now - job.queued_at > self.partial_max_wait_s or not job.wanted():
+                self.stats.partials_shed += 1
+                metrics.PARTIALS_SHED.inc()
+                log.debug("partial shed after %.2f s in queue", now - job.queued_at)
+                job.callback(None, None, None)
+            else:
+                keep.append(job)
+        self._partials = keep
         size = self.engine.max_batch_size
         batch = [self._finals.popleft() for _ in range(min(size, len(self._finals)))]
         while len(batch) < size and self._partials:
@@ -107,8 +113,13 @@ class Scheduler:
 
     async def _call(self, batch: list[Job]) -> None:
         started = time.monotonic()
+        for job in batch:
+            metrics.QUEUE_SECONDS.labels(job.kind).observe(started - job.queued_at)
+        metrics.BATCH_SIZE.observe(len(batch))
+        outcome = "error"
         try:
             results = await self.engine.transcribe([j.request for j in batch])
+            outcome = "ok"
         except EngineUnavailable as exc:
             for job in batch:
                 job.callback(None, f"engine unavailable: {exc}", None)
@@ -120,6 +131,8 @@ class Scheduler:
             return
         finally:
             self._slots.release()
+            metrics.ENGINE_CALLS.labels(outcome).inc()
+            metrics.ENGINE_SECONDS.observe(time.monotonic() - started)
             self.stats.calls += 1
             self.stats.requests += len(batch)
             self.stats.max_batch = max(self.stats.max_batch, len(batch))

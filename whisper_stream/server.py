@@ -2,8 +2,9 @@
 
 Paths: `/v1/websocket` (the Truss path), and Baseten's public forms `/environments/{env}/websocket` and
 `/deployment/{id}/websocket`, so a URL copied from Baseten works locally. `GET /health` answers 200 when
-the engine is ready and 503 otherwise. Any websockets client version works: the legacy client's
-`extra_headers=` and the current `additional_headers=` only differ on the client side.
+the engine is ready and 503 otherwise; `GET /metrics` is Prometheus' text format. Any websockets client
+version works: the legacy client's `extra_headers=` and the current `additional_headers=` only differ on the
+client side.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from whisper_stream import metrics
 from whisper_stream.engine import Engine
 from whisper_stream.scheduler import Scheduler
 from whisper_stream.settings import ServerSettings
@@ -100,6 +102,11 @@ def _authorized(request: Request, api_key: str | None) -> bool:
 def request_router(runtime: Runtime, api_key: str | None) -> Callable[..., Awaitable[Response | None]]:
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, content_type = metrics.exposition()
+            response = connection.respond(http.HTTPStatus.OK, body.decode())
+            response.headers["Content-Type"] = content_type
+            return response
         if path in ("/health", "/healthz", "/v1/health"):
             ready = await runtime.scheduler.engine.ready()
             status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE

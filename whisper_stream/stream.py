@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from whisper_stream import messages
+from whisper_stream import messages, metrics
 from whisper_stream.config import ConfigError, StreamConfig, parse_metadata
 from whisper_stream.engine import TranscribeResult
 from whisper_stream.scheduler import Job, Scheduler
@@ -82,6 +82,7 @@ async def _fail(
     msg = messages.error(
         error_type, message, stream_id=stream_id, recoverable=False, now=time.time(), **extra
     )
+    metrics.ERRORS.labels(error_type).inc()
     try:
         await transport.send(_dumps(msg))
     except TransportClosed:
@@ -102,12 +103,15 @@ async def serve_stream(transport: Transport, runtime: Runtime) -> None:
         )
         return
     runtime.active += 1
+    metrics.STREAMS.inc()
+    metrics.STREAMS_TOTAL.inc()
     try:
         await _serve(transport, runtime)
     except TransportClosed:
         pass
     finally:
         runtime.active -= 1
+        metrics.STREAMS.dec()
 
 
 async def _serve(transport: Transport, runtime: Runtime) -> None:
@@ -181,6 +185,19 @@ async def _run_session(transport: Transport, runtime: Runtime, session: Session)
 
         return callback
 
+    final_asked: dict[int, float] = {}  # utterance number -> when its final was requested
+
+    def count(msg: dict[str, Any]) -> None:
+        kind = msg.get("type", "")
+        if kind == "transcription":
+            kind = "final" if msg["is_final"] else "partial"
+            asked = final_asked.pop(msg["transcription_num"], None) if msg["is_final"] else None
+            if asked is not None:
+                metrics.FINAL_SECONDS.observe(time.monotonic() - asked)
+        elif kind == "error":
+            metrics.ERRORS.labels(msg["body"]["error_type"]).inc()
+        metrics.MESSAGES.labels(kind).inc()
+
     read_task = asyncio.create_task(reader())
     client_open = True
     try:
@@ -216,8 +233,11 @@ async def _run_session(transport: Transport, runtime: Runtime, session: Session)
                 actions = session.handle_text(payload, now)
             for action in actions:
                 if isinstance(action, Send):
+                    count(action.message)
                     await transport.send(_dumps(action.message))
                 elif isinstance(action, Transcribe):
+                    if action.kind == "final":
+                        final_asked[action.segment] = time.monotonic()
                     rid = action.request_id
                     wanted = (
                         (lambda rid=rid: session.partial_wanted(rid)) if action.kind == "partial" else None

@@ -161,3 +161,23 @@ async def test_baseten_current_client_shape(server, speech):
     text = " ".join(s["text"] for m in replies if m.get("type") == "transcription" for s in m["segments"])
     assert "wizard" in text.lower()
     assert replies[-2]["is_end_of_audio_flush"] is True
+
+
+async def test_metrics_endpoint_counts_streams_and_engine_calls(server, speech):
+    import re
+    import urllib.request
+
+    audio = to_pcm16(load_audio(speech["ls_61-70968-0000"].path))
+    await stream_pcm(server.url, metadata(), audio, speed=0)
+    with urllib.request.urlopen(server.health.replace("/health", "/metrics"), timeout=5) as r:
+        text = r.read().decode()
+
+    def value(name: str) -> float:
+        match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+        assert match, name
+        return float(match.group(1))
+
+    assert value('whisper_stream_engine_calls_total{outcome="ok"}') >= 1
+    assert value('whisper_stream_messages_total{kind="final"}') >= 1
+    assert value("whisper_stream_streams_total") >= 1
+    assert value("whisper_stream_final_seconds_count") >= 1

@@ -231,7 +231,7 @@ BAD_METADATA: list[str | bytes] = [
     b"\0" * 1024,  # audio before metadata
     "{not json",
     json.dumps({"streaming_params": {"encoding": "opus"}}),
-    json.dumps({"vad_params": {}, "streaming_params": {"sample_rate": 12345}}),
+    json.dumps({"vad_params": {}, "streaming_params": {"sample_rate": 96000}}),
     json.dumps({"whisper_params": {"audio_language": "en"}, "unknown_key": 1}),
     json.dumps({"streaming_vad_config": {"threshold": 7}}),
 ]

@@ -112,6 +112,7 @@ class Progress:
                     unit="s",
                     desc="bench",
                     file=sys.stderr,
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
                     bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
                     "[{elapsed}<{remaining}]",
                 )

@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--engine-dir", default=env.engine_dir, help="TensorRT-LLM engines (engine tensorrt_llm)")
     s.add_argument("--model", default=env.model, help="CTranslate2 model directory, 'base' or a hub name")
     s.add_argument("--compute-type", default=env.compute_type)
+    s.add_argument(
+        "--full-context",
+        action="store_true",
+        default=env.full_context,
+        help="CPU engine: encode every window as Whisper's full 30 s instead of its own length",
+    )
     s.add_argument("--device", default=env.device)
     s.add_argument("--cpu-threads", type=int, default=env.cpu_threads)
     s.add_argument("--max-batch-size", type=int, default=env.max_batch_size)

@@ -77,6 +77,7 @@ def build_engine(settings: ServerSettings) -> Engine:
         compute_type=settings.compute_type,
         cpu_threads=settings.cpu_threads,
         max_batch_size=settings.max_batch_size,
+        adaptive_context=not settings.full_context,
     )
 
 

@@ -17,6 +17,7 @@ class ServerSettings(BaseSettings):
     engine_dir: str | None = None  # TensorRT-LLM engines (python -m build_engine), for engine tensorrt_llm
     model: str | None = None  # local CTranslate2 directory, "base" (PyPI default) or a hub name
     compute_type: str = "int8"
+    full_context: bool = False  # encode every window as Whisper's full 30 s (slower on CPU; see engines)
     device: str = "cpu"
     cpu_threads: int = 0
     max_batch_size: int = Field(8, ge=1, le=256)

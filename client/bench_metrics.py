@@ -4,7 +4,8 @@ All times are on the client's monotonic clock, in seconds since the stream's fir
 `StreamResult.audio_sent_s`); stream times (`start_time`/`end_time`, `speech_ends`) are seconds of audio.
 
 Definitions (the README repeats them):
-- end of speech: the stream time where an utterance's audio ends (`join_utterances(...).speech_ends`).
+- end of speech: the stream time where an utterance's speech ends (Silero on the recording alone,
+  `join_utterances(...).speech_ends`: recordings carry trailing silence).
 - end-of-speech -> final latency: arrival of the first final whose last segment ends at or after the
   utterance's end minus `tolerance_s` (and which starts before that end, so a later utterance's final never
   counts), minus the wall time at which the frame holding the utterance's last sample was sent.

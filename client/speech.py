@@ -56,7 +56,11 @@ def to_pcm16(audio: np.ndarray) -> bytes:
 
 @dataclass(frozen=True)
 class JoinedStream:
-    """Utterances separated by pauses; `speech_ends[i]` is the stream time where utterance i's audio ends."""
+    """Utterances separated by pauses, with stream times of each utterance's speech.
+
+    `speech_starts[i]` / `speech_ends[i]` are where utterance i's speech begins and ends (Silero, default
+    settings, on the file alone): recordings carry leading and trailing silence, and end of speech, not end
+    of file, is what latency is measured from."""
 
     audio: np.ndarray
     utterances: tuple[Utterance, ...]
@@ -64,14 +68,25 @@ class JoinedStream:
     speech_ends: tuple[float, ...]
 
 
+def speech_bounds(audio: np.ndarray) -> tuple[float, float]:
+    """(start, end) of the speech in a recording, in seconds; the whole file if Silero finds none."""
+    from whisper_stream.vad import FRAME, SileroModel, VadOptions, speech_spans
+
+    spans = speech_spans(SileroModel().probabilities(audio), VadOptions())
+    if not spans:
+        return 0.0, len(audio) / SR
+    return spans[0][0] * FRAME / SR, min(len(audio), spans[-1][1] * FRAME) / SR
+
+
 def join_utterances(utterances: list[Utterance], pause_s: float = 1.5, lead_s: float = 0.5) -> JoinedStream:
     parts = [np.zeros(int(lead_s * SR), np.float32)]
     starts, ends, t = [], [], lead_s
     for u in utterances:
         audio = load_audio(u.path)
-        starts.append(t)
+        begin, end = speech_bounds(audio)
+        starts.append(t + begin)
+        ends.append(t + end)
         t += len(audio) / SR
-        ends.append(t)
         parts += [audio, np.zeros(int(pause_s * SR), np.float32)]
         t += pause_s
     return JoinedStream(np.concatenate(parts), tuple(utterances), tuple(starts), tuple(ends))

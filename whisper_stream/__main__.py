@@ -13,7 +13,8 @@ import sys
 from whisper_stream.settings import ServerSettings
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_settings(argv: list[str] | None = None) -> ServerSettings:
+    """Defaults < WHISPER_STREAM_* environment < flags."""
     env = ServerSettings()
     parser = argparse.ArgumentParser(prog="whisper-stream", description="Streaming Whisper server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--log-level", default=env.log_level)
     args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "command"}
-    settings = ServerSettings.model_validate({**env.model_dump(), **values})
+    return ServerSettings.model_validate({**env.model_dump(), **values})
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = build_settings(argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -132,6 +132,11 @@ class TensorRTLLMEngine:
         """Raise ValueError for options this engine cannot honour (called at stream start)."""
         for lang in ([options.language] if options.language else []) + list(options.language_options):
             self.special.language_token(lang)
+        if options.word_timestamps:
+            raise ValueError(
+                "show_word_timestamps is not available with the TensorRT-LLM engine: its C++ runner "
+                "exposes no cross-attention to align words (segment timestamps are)"
+            )
         if options.beam_width > self.max_beam_width:
             raise ValueError(
                 f"beam_width {options.beam_width} > engine's max_beam_width {self.max_beam_width}"

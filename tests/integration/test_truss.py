@@ -275,3 +275,20 @@ def test_first_boot_engine_build_commands_are_accepted_by_build_engine(tmp_path)
         printed += proc.stdout
     assert "--weight_only_precision int8" in printed
     assert f"--output_dir {engine_dir}/encoder" in printed and f"--output_dir {engine_dir}/decoder" in printed
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "config.cpu.yaml"])
+def test_truss_requirements_cover_the_package_dependencies(config):
+    """The Truss bundles the package's source, not its wheel: its requirements must list every dependency."""
+    import re
+    import tomllib
+
+    import yaml
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    required = yaml.safe_load((ROOT / "truss" / config).read_text())["requirements"]
+
+    def name(spec: str) -> str:
+        return re.split(r"[<>=!\[ ]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+    assert {name(d) for d in deps} <= {name(r) for r in required}

@@ -289,13 +289,22 @@ def pcm_frames(audio: np.ndarray, samples: int = 512) -> list[bytes]:
     return [pcm[i : i + samples].tobytes() for i in range(0, len(pcm), samples)]
 
 
-async def stream(port: int, audio: np.ndarray, pace_s: float = 0.0) -> list[dict[str, Any]]:
-    """One stream: metadata, PCM frames, end_audio; returns every message until end_audio finished."""
+async def stream(
+    port: int,
+    audio: np.ndarray,
+    pace_s: float = 0.0,
+    meta: dict[str, Any] | None = None,
+    before_end: asyncio.Barrier | None = None,
+) -> list[dict[str, Any]]:
+    """One stream: metadata, PCM frames, end_audio; returns every message until end_audio finished.
+
+    With `before_end`, every stream waits there before its end_audio, so their flush finals reach Triton
+    together."""
     from websockets.asyncio.client import connect
 
     messages: list[dict[str, Any]] = []
     async with connect(f"ws://127.0.0.1:{port}/v1/websocket", max_size=None) as ws:
-        await ws.send(json.dumps(METADATA))
+        await ws.send(json.dumps(meta or METADATA))
 
         async def receive() -> None:
             async for raw in ws:
@@ -309,6 +318,8 @@ async def stream(port: int, audio: np.ndarray, pace_s: float = 0.0) -> list[dict
             await ws.send(frame)
             if pace_s:
                 await asyncio.sleep(pace_s)
+        if before_end is not None:
+            await before_end.wait()
         await ws.send(json.dumps({"type": "end_audio"}))
         await asyncio.wait_for(receiver, 120)
     return messages
@@ -323,8 +334,12 @@ def finals(messages: list[dict[str, Any]]) -> str:
 async def test_streams_through_the_server_and_triton(triton: TritonServer, ws_server: int) -> None:
     before = batch_sizes(triton, "whisper")
     clips = ENGLISH[:3]
-    audios = [np.concatenate([silence(0.5), load_audio(c), silence(1.0)]) for c in clips]
-    results = await asyncio.gather(*(stream(ws_server, a) for a in audios))
+    audios = [np.concatenate([silence(0.5), load_audio(c)]) for c in clips]
+    # Endpointing that never fires inside a clip: each stream's speech is flushed by end_audio, and the
+    # barrier sends the three end_audio together, so their finals meet in Triton's queue.
+    meta = {**METADATA, "streaming_vad_config": {"threshold": 0.5, "min_silence_duration_ms": 3000}}
+    barrier = asyncio.Barrier(len(audios))
+    results = await asyncio.gather(*(stream(ws_server, a, meta=meta, before_end=barrier) for a in audios))
     hypotheses = [finals(messages) for messages in results]
     for messages in results:
         assert not [m for m in messages if m.get("type") == "error"], messages

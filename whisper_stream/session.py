@@ -43,7 +43,7 @@ from whisper_stream.vad import FRAME, NEG_OFFSET, SpeechProbability
 
 log = logging.getLogger(__name__)
 
-MIN_SPEECH_FRAMES = 2  # shorter blips (< 64 ms) are clicks, not words: never sent to Whisper
+MIN_SPEECH_FRAMES = 5  # less speech than 160 ms is a click or a breath, not a word: never sent to Whisper
 CUT_SEARCH_S = 3.0  # a forced cut looks for the quietest frame within the last seconds of the segment
 PREVIOUS_TEXT_CHARS = 600  # bound on the previous finals used as prompt (~150 tokens, half Whisper's limit)
 
@@ -398,7 +398,7 @@ class Session:
         self._frame_probs = []
         self._floor = end
         actions: list[Action] = []
-        if self._speech_frames >= MIN_SPEECH_FRAMES or (flush and self._speech_frames):
+        if self._speech_frames >= MIN_SPEECH_FRAMES:
             if end > start:
                 actions.append(self._request("final", start, end, flush=flush))
             self._segment += 1

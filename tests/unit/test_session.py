@@ -105,11 +105,14 @@ def test_silence_only_stream_requests_nothing():
     assert isinstance(acts[-1], Close) and acts[-1].code == 1000
 
 
-def test_blips_shorter_than_two_frames_are_not_transcribed():
+def test_blips_shorter_than_min_speech_are_not_transcribed():
+    from whisper_stream.session import MIN_SPEECH_FRAMES
+
     s = make()
     one_frame = 512 / SR
-    acts = feed(s, np.concatenate([silence(16 * one_frame), tone(one_frame), silence(1.0)]))
-    assert requests(acts) == []
+    blip = tone((MIN_SPEECH_FRAMES - 1) * one_frame)
+    acts = feed(s, np.concatenate([silence(16 * one_frame), blip, silence(32 * one_frame), blip]))
+    assert requests(acts + s.end_audio(now=0.0)) == []  # not at the end_audio flush either
 
 
 def test_partials_follow_the_interval_and_one_in_flight():
@@ -226,9 +229,9 @@ def test_end_audio_waits_for_earlier_finals():
 
 def test_end_audio_flushes_a_partial_frame():
     s = make()
-    s.feed_audio(pcm(tone(0.02)), now=0.0)  # 320 samples: less than one VAD frame
-    acts = s.end_audio(now=0.0)
-    assert len(requests(acts, "final")) == 1
+    s.feed_audio(pcm(tone(0.5 + 0.02)), now=0.0)  # ends with 320 samples: less than one VAD frame
+    (final,) = requests(s.end_audio(now=0.0), "final")
+    assert final.end_s == pytest.approx(0.544, abs=1e-3)  # the zero-padded last frame is included
 
 
 def test_finalize_makes_a_final_and_keeps_the_stream_open():

@@ -2,7 +2,7 @@
 
 One call encodes every window of a batch together, detects languages where asked, then decodes requests with
 equal decoding options in one `generate` call. By default the encoder sees each window's own length (plus a
-margin, in 5 s buckets) instead of Whisper's fixed 30 s: the encoder dominates the cost of short streaming
+margin, in 10 s buckets) instead of Whisper's fixed 30 s: the encoder dominates the cost of short streaming
 windows, and CTranslate2 accepts the shorter input. Temperature fallback re-decodes only the items that
 failed Whisper's compression-ratio / log-prob checks. Blocking work runs in one worker thread, off the event
 loop.
@@ -43,9 +43,10 @@ N_SAMPLES = int(MAX_WINDOW_S * SAMPLE_RATE)
 N_FRAMES = 3000
 # Adaptive encoder context: a window is encoded as its own length plus a margin, rounded up to a bucket, not
 # as Whisper's fixed 30 s. CTranslate2 accepts the shorter input; on a 2-core CPU a 5 s utterance costs
-# ~0.12 s instead of ~1.1 s, with the same transcripts on our test speech (see README, Benchmarks).
+# ~0.25 s instead of ~1.1 s, with the same transcripts on our test speech (see README, Benchmarks). Buckets
+# of 10 s: 5 s contexts were cheaper still but misread one-second utterances ("ask not" -> "is not").
 CONTEXT_MARGIN_S = 1.0
-CONTEXT_BUCKET_FRAMES = 500  # 5 s: requests in one batch share the largest bucket
+CONTEXT_BUCKET_FRAMES = 1000  # 10 s: requests in one batch share the largest bucket
 MAX_TEXT_TOKENS = 448
 
 

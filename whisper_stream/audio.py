@@ -83,9 +83,6 @@ class AudioDecoder:
             )
         return _G711[self.encoding][np.frombuffer(data, dtype=np.uint8)]
 
-    @property
-    def pending_bytes(self) -> int:
-        return len(self._carry)
 
 
 def normalize_loudness(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -574,5 +573,3 @@ class Session:
             messages.error(kind, message, stream_id=self.stream_id, recoverable=recoverable, now=now, **extra)
         )
 
-
-VadFactory = Callable[[], SpeechProbability]

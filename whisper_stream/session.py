@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -98,7 +98,6 @@ class SessionStats:
     finals_sent: int = 0
     partials_sent: int = 0
     partials_dropped: int = 0
-    segments: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Session:
@@ -444,7 +443,6 @@ class Session:
             audio = normalize_loudness(audio)
         if kind == "final":
             self._finals_order.append(rid)
-            self.stats.segments.append((pending.start_s, pending.end_s))
         else:
             self._partial_inflight = rid
             self._since_partial = 0

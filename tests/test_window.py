@@ -105,3 +105,13 @@ def test_blocking_calls_respect_the_engine_batch_size() -> None:
     requests = [TranscribeRequest(np.zeros(10, np.float32)) for _ in range(5)]
     assert len(transcribe_blocking(engine, requests)) == 5
     assert engine.sizes == [2, 2, 1]
+
+
+def test_threshold_zero_keeps_the_whole_window() -> None:
+    """What the server's Triton engine sends by default: the session already endpointed the window."""
+    from whisper_stream.engines.triton import DEFAULT_VAD
+    from whisper_stream.vad import SileroModel, trim_to_speech
+
+    window = np.zeros(16000 * 2, dtype=np.float32)  # even silence: the session decided it is speech
+    audio, offset, has_speech = trim_to_speech(window, SileroModel().probabilities(window), DEFAULT_VAD)
+    assert has_speech and offset == 0.0 and len(audio) == len(window)

@@ -4,6 +4,7 @@ dry run, and the verify harness run for real against the CPU engine."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import shlex
 from pathlib import Path
@@ -208,14 +209,12 @@ def test_cli_dry_run_prints_every_step(tmp_path: Path, capsys: pytest.CaptureFix
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt_llm") is not None,
+    reason="TensorRT-LLM is installed here: tests/test_tensorrt_llm_gpu.py covers the engine",
+)
 def test_tensorrt_llm_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="torch not installed")
-    try:
-        import tensorrt_llm  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("TensorRT-LLM is installed here: the GPU test module covers the engine")
     from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
 
     with pytest.raises(RuntimeError, match="TensorRT-LLM"):

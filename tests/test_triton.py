@@ -296,18 +296,23 @@ async def stream(
 ) -> list[dict[str, Any]]:
     """One stream: metadata, PCM frames, end_audio; returns every message until end_audio finished.
 
-    With `before_end`, every stream waits there before its end_audio, so their flush finals reach Triton
-    together."""
+    With `before_end`, each stream first waits until the server has processed all its audio (a health_check
+    answered after the frames), then for the other streams, so their end_audio flush finals reach Triton
+    together instead of spaced by each stream's VAD backlog."""
     from websockets.asyncio.client import connect
 
     messages: list[dict[str, Any]] = []
     async with connect(f"ws://127.0.0.1:{port}/v1/websocket", max_size=None) as ws:
         await ws.send(json.dumps(meta or METADATA))
 
+        caught_up = asyncio.Event()
+
         async def receive() -> None:
             async for raw in ws:
                 message = json.loads(raw)
                 messages.append(message)
+                if message.get("type") == "health_check":
+                    caught_up.set()
                 if message.get("type") == "end_audio" and message.get("body", {}).get("status") == "finished":
                     return
 
@@ -317,6 +322,8 @@ async def stream(
             if pace_s:
                 await asyncio.sleep(pace_s)
         if before_end is not None:
+            await ws.send(json.dumps({"type": "health_check"}))
+            await asyncio.wait_for(caught_up.wait(), 60)
             await before_end.wait()
         await ws.send(json.dumps({"type": "end_audio"}))
         await asyncio.wait_for(receiver, 120)

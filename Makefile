@@ -72,7 +72,7 @@ engine:
 engine-docker:  ## build the image, then run `make engine` in it on this GPU machine
 	docker build -f build_engine/Dockerfile -t $(ENGINE_IMAGE) .
 	docker run --rm --gpus all --shm-size=2g -v $(CURDIR)/engines:/workspace/whisper-stream/engines \
-	  -v $(CURDIR)/../shared/data:/workspace/shared/data:ro $(ENGINE_IMAGE) make engine ENGINE_ARGS="$(ENGINE_ARGS)"
+	  $(ENGINE_IMAGE) make engine ENGINE_ARGS="$(ENGINE_ARGS)"
 
 # Benchmark: 1, 2, 4 concurrent real-time streams; table on stdout, bench-results/bench.json + PNGs.
 # Without BENCH_URL it starts its own server (ENGINE, MODEL, TRITON_URL as for `make serve`) on a free

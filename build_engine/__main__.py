@@ -84,7 +84,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="engine directory (default WORK_DIR/<tag>)")
     p.add_argument("--example-dir", help="TensorRT-LLM examples/.../whisper directory")
     p.add_argument(
-        "--data", type=Path, default=None, help="data dir with manifest.jsonl (default ../shared/data)"
+        "--data",
+        type=Path,
+        default=None,
+        help="speech data folder with manifest.jsonl (default: $WHISPER_STREAM_DATA, else data/)",
     )
     p.add_argument("--verify-languages", default="en", help="comma list for verify, '' for all")
     p.add_argument("--verify-limit", type=int, default=None)
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "verify" in steps:
         if a.dry_run:
-            print(f"# verify {engine_dir} on {a.data or 'shared data'}")
+            print(f"# verify {engine_dir} on {a.data or 'the speech data'}")
             return 0
         return verify_engines(engine_dir, model_dir, a)
     return 0
@@ -187,7 +190,7 @@ def verify_engines(engine_dir: Path, model_dir: Path, a: argparse.Namespace) -> 
 
     engine = TensorRTLLMEngine(engine_dir)
     langs = [x for x in a.verify_languages.split(",") if x]
-    items = verify.load_items(a.data or verify.DEFAULT_DATA, languages=langs, limit=a.verify_limit)
+    items = verify.load_items(a.data, languages=langs, limit=a.verify_limit)
     verify.run_sync(engine, items[: engine.max_batch_size])  # warm-up: first calls allocate and tune
     summary = verify.run_sync(engine, items)
     manifest = read_manifest(engine_dir)

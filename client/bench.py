@@ -4,13 +4,14 @@
     python -m client.bench --url ws://127.0.0.1:8000/v1/websocket --concurrency 1,4,16
     python -m client.bench --url ws://A/v1/websocket --label cpu --url ws://B/v1/websocket --label triton
 
-Each stream is utterances of real speech (the manifest, default ../shared/data/manifest.jsonl) joined with
-pauses of known length, sent in 32 ms frames paced in real time (`--speed`), so every utterance's end of
-speech is known exactly. For each concurrency N of the ramp, and each server (`--url`, repeatable, compared
-in one run: the first is the baseline of the ratio table), N such streams run at once (stream i starts
-`i * --stagger-s` later). Measured per utterance (definitions in client/bench_metrics.py): end-of-speech ->
-final latency, time to first partial, partial cadence, unstable partial words, WER of the finals (Whisper's
-English normalizer for English, its basic normalizer otherwise), and the server's lag over time. Per run:
+Each stream is utterances of real speech (the repository's data/, or `--data DIR` / $WHISPER_STREAM_DATA)
+joined with pauses of known length, sent in 32 ms frames paced in real time (`--speed`), so every
+utterance's end of speech is known exactly. For each concurrency N of the ramp, and each server (`--url`,
+repeatable, compared in one run: the first is the baseline of the ratio table), N such streams run at once
+(stream i starts `i * --stagger-s` later). Measured per utterance (definitions in client/bench_metrics.py):
+end-of-speech -> final latency, time to first partial, partial cadence, unstable partial words, WER of the
+finals (Whisper's English normalizer for English, its basic normalizer otherwise), and the server's lag over
+time. Per run:
 - RTFx = total audio seconds of the N streams / wall seconds from the first frame to the last `finished`
   (throughput: about N x speed while the server keeps up);
 - RTF = a stream's wall time from first frame to `finished` / its paced audio duration, the worst stream of
@@ -38,10 +39,8 @@ from urllib.parse import urlparse
 from client import bench_metrics as bm
 from client.local_server import LocalServer
 from client.protocol import add_stream_options, metadata_from_args, stream_pcm
-from client.speech import DEFAULT_DATA, JoinedStream, Utterance, join_utterances, load_manifest, to_pcm16, wer
+from client.speech import DATA_ENV, JoinedStream, Utterance, join_utterances, load_manifest, to_pcm16, wer
 
-# The data README: these references are the expected output of other recognisers, not human transcripts.
-NOT_FOR_WER = ("jfk", "sr_english_123", "sr_zh", "sr_fr")
 NORMALIZERS = {
     "en": "Whisper's English normalizer (whisper_normalizer.english.EnglishTextNormalizer), markup removed",
     "other": "Whisper's basic normalizer (whisper_normalizer.basic.BasicTextNormalizer), markup removed",
@@ -61,14 +60,17 @@ class Target:
 
 
 def select_utterances(
-    manifest: Path | None,
+    data: Path | None,
     language: str,
     max_duration_s: float,
     exclude: list[str],
     ids: list[str] | None = None,
 ) -> list[Utterance]:
     """The manifest's utterances in `language` (or exactly `ids`, in that order) that fit the limits."""
-    every = load_manifest(manifest)
+    try:
+        every = load_manifest(data)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"whisper-stream-bench: {exc}") from None
     if ids:
         by_id = {u.id: u for u in every}
         missing = [i for i in ids if i not in by_id]
@@ -226,7 +228,8 @@ async def run_level(
     for r in results:
         r.pop("started"), r.pop("ended")
     utts = [bm.UtteranceMetrics(**u) for r in results for u in r["utterances"]]
-    scored = [u for u in utts if u.id not in args.exclude_wer]
+    unscored = set(args.exclude_wer) | {u.id for js in streams for u in js.utterances if not u.scored}
+    scored = [u for u in utts if u.id not in unscored]
     run_wer = (
         wer([u.reference for u in scored], [u.hypothesis for u in scored], args.language) if scored else None
     )
@@ -262,7 +265,7 @@ async def run_level(
 
 
 async def run_bench(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
-    utts = select_utterances(args.manifest, args.language, args.max_utterance_s, args.exclude, args.ids)
+    utts = select_utterances(args.data, args.language, args.max_utterance_s, args.exclude, args.ids)
     ramp = sorted(set(args.concurrency))
     all_streams = build_streams(utts, max(ramp), args.utterances_per_stream, args.pause_s)
     meta = metadata_from_args(args)
@@ -468,7 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--concurrency", type=_int_list, default=[1, 2, 4], help="the ramp, e.g. 1,2,4,8 (default)"
     )
-    p.add_argument("--manifest", type=Path, default=DEFAULT_DATA / "manifest.jsonl")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"speech data folder with manifest.jsonl (default ${DATA_ENV}, else the repository's data/)",
+    )
     p.add_argument("--utterances-per-stream", type=int, default=4)
     p.add_argument("--pause-s", type=float, default=1.5, help="silence between utterances (default 1.5)")
     p.add_argument("--max-utterance-s", type=float, default=30.0, help="skip longer recordings")
@@ -479,8 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exclude-wer",
         type=_str_list,
-        default=list(NOT_FOR_WER),
-        help="ids streamed but not scored (default: references that are other recognisers' output)",
+        default=[],
+        help="ids streamed but not scored (references that are other recognisers' output never are)",
     )
     p.add_argument("--speed", type=float, default=1.0, help="pace: 1 = real time (default)")
     p.add_argument("--stagger-s", type=float, default=0.25, help="start stream i this many seconds x i later")

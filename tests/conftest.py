@@ -1,4 +1,4 @@
-"""Shared fixtures: real speech from ../shared/data and a real server process on a free loopback port."""
+"""Shared fixtures: real speech from the repository's data/ and a real server on a free loopback port."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ from pathlib import Path
 import pytest
 
 from client.local_server import LocalServer
-from client.speech import DEFAULT_DATA, load_manifest
+from client.speech import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def speech():
-    if not (DEFAULT_DATA / "manifest.jsonl").exists():
-        raise FileNotFoundError(f"real speech data missing at {DEFAULT_DATA}")
     return {u.id: u for u in load_manifest()}
 
 

@@ -236,5 +236,5 @@ def test_verify_harness_on_the_cpu_engine() -> None:
     assert 0 < summary["rtf"] < 5
     assert summary["error_rates"]["en"] < 0.3  # one scored file: "Hester Prynne" is the usual miss
     assert any(line.startswith("RTF ") for line in printed)
-    assert v.error_rate(["Hello, World!"], ["hello world"], "en") == 0.0
-    assert v.error_rate(["你好世界"], ["你好"], "zh") == 0.5
+    assert v.wer(["Hello, World!"], ["hello world"], "en") == 0.0
+    assert v.wer(["你好世界"], ["你好"], "zh") == 0.5

@@ -78,20 +78,20 @@ def test_english_transcripts_and_wer(engine) -> None:
 
 
 async def test_restricted_language_detection_and_timestamps(engine) -> None:
-    from build_engine.verify import DEFAULT_DATA, read_wav
+    from client.speech import BUNDLED_DATA, load_audio
     from whisper_stream.engine import DecodeOptions, TranscribeRequest
 
-    de = read_wav(DEFAULT_DATA / "speech/pv_de.wav")
-    es = read_wav(DEFAULT_DATA / "speech/pv_es.wav")
+    sv = load_audio(BUNDLED_DATA / "speech/mfa_sv_u0016003.wav")
+    es = load_audio(BUNDLED_DATA / "speech/mfa_mls_es_13697_11991_000000.wav")
     res = await engine.transcribe(
         [
-            TranscribeRequest(de, DecodeOptions(language=None, language_options=("fr", "de"))),
+            TranscribeRequest(sv, DecodeOptions(language=None, language_options=("no", "sv"))),
             TranscribeRequest(es, DecodeOptions(language=None, language_options=("es", "it"))),
-            TranscribeRequest(de, DecodeOptions(language="de", word_timestamps=True)),
+            TranscribeRequest(sv, DecodeOptions(language="sv", word_timestamps=True)),
         ]
     )
-    assert [r.language for r in res[:2]] == ["de", "es"]
+    assert [r.language for r in res[:2]] == ["sv", "es"]
     assert all(r.language_prob is not None and r.language_prob > 0.5 for r in res[:2])
     assert res[2].language_prob is None and res[2].text
     seg = res[2].segments
-    assert seg and 0.0 <= seg[0].start < seg[-1].end <= len(de) / 16000 + 0.01
+    assert seg and 0.0 <= seg[0].start < seg[-1].end <= len(sv) / 16000 + 0.01

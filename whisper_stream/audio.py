@@ -84,7 +84,6 @@ class AudioDecoder:
         return _G711[self.encoding][np.frombuffer(data, dtype=np.uint8)]
 
 
-
 def normalize_loudness(
     audio: np.ndarray, target_dbfs: float = -20.0, max_gain_db: float = 30.0
 ) -> np.ndarray:

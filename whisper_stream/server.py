@@ -10,10 +10,12 @@ client side.
 from __future__ import annotations
 
 import asyncio
+import errno
 import http
 import logging
 import re
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -22,6 +24,7 @@ from websockets.http11 import Request, Response
 
 from whisper_stream import metrics
 from whisper_stream.engine import Engine
+from whisper_stream.engines import create_engine
 from whisper_stream.scheduler import Scheduler
 from whisper_stream.settings import ServerSettings
 from whisper_stream.stream import Limits, Runtime, TransportClosed, serve_stream
@@ -53,36 +56,8 @@ class WebsocketTransport:
         await self._ws.close(code, reason)
 
 
-def build_engine(settings: ServerSettings) -> Engine:
-    if settings.engine == "tensorrt_llm":
-        from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
-
-        if not settings.engine_dir:
-            raise RuntimeError("engine tensorrt_llm needs --engine-dir (built with `make engine`)")
-        return TensorRTLLMEngine(settings.engine_dir, max_batch_size=settings.max_batch_size)
-    if settings.engine == "triton":
-        from whisper_stream.engines.triton import TritonEngine
-
-        return TritonEngine(
-            url=settings.triton_url,
-            model_name=settings.triton_model,
-            max_batch_size=settings.max_batch_size,
-            max_inflight=settings.triton_max_inflight,
-        )
-    from whisper_stream.engines.ctranslate2 import CTranslate2Engine
-
-    return CTranslate2Engine(
-        settings.model,
-        device=settings.device,
-        compute_type=settings.compute_type,
-        cpu_threads=settings.cpu_threads,
-        max_batch_size=settings.max_batch_size,
-        adaptive_context=not settings.full_context,
-    )
-
-
 def build_runtime(settings: ServerSettings, engine: Engine | None = None) -> Runtime:
-    engine = engine or build_engine(settings)
+    engine = engine or create_engine(settings)
     scheduler = Scheduler(engine, partial_max_wait_s=settings.partial_max_wait_s)
     limits = Limits(
         max_frame_bytes=settings.max_frame_bytes,
@@ -121,7 +96,25 @@ def request_router(runtime: Runtime, api_key: str | None) -> Callable[..., Await
     return process_request
 
 
-async def start_server(settings: ServerSettings, runtime: Runtime) -> Server:
+class StartupError(RuntimeError):
+    """Why the server cannot start, in one line (the CLI prints it without a traceback)."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first, so a busy port fails in a moment, before any model loads."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {port} on {host} is already in use (choose another with --port)"
+            ) from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def start_server(
+    settings: ServerSettings, runtime: Runtime, sock: socket.socket | None = None
+) -> Server:
     runtime.scheduler.start()
 
     async def handler(ws: ServerConnection) -> None:
@@ -129,8 +122,7 @@ async def start_server(settings: ServerSettings, runtime: Runtime) -> Server:
 
     return await serve(
         handler,
-        settings.host,
-        settings.port,
+        sock=sock or listen(settings.host, settings.port),
         process_request=request_router(runtime, settings.api_key),
         max_size=HARD_MAX_FRAME,
         max_queue=64,
@@ -140,8 +132,14 @@ async def start_server(settings: ServerSettings, runtime: Runtime) -> Server:
 
 
 async def run(settings: ServerSettings) -> None:
-    runtime = build_runtime(settings)
-    server = await start_server(settings, runtime)
+    sock = listen(settings.host, settings.port)
+    try:
+        runtime = build_runtime(settings)
+    except Exception as exc:  # the model, engine or VAD cannot load: say why in one line
+        sock.close()
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise StartupError(f"cannot start engine {settings.engine}: {reason}") from exc
+    server = await start_server(settings, runtime, sock)
     port = next(iter(server.sockets)).getsockname()[1]
     engine = runtime.scheduler.engine
     print(

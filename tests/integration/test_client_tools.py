@@ -23,6 +23,7 @@ from client.display import TranscriptPrinter
 from client.protocol import Received, metadata
 from client.speech import load_audio, normalizer, to_pcm16
 from client.stream_file import JsonlRecorder, stream_file
+from client.stream_file import main as stream_file_main
 
 WIZARD = "ls_61-70968-0000"  # "He began a confused complaint against the wizard ..." (4.9 s)
 
@@ -127,7 +128,7 @@ def test_mic_without_an_audio_device_gives_a_message_not_a_traceback(capsys):
     code = mic.main(["--url", "ws://127.0.0.1:9/v1/websocket"], stream_factory=no_device)
     err = capsys.readouterr().err
     assert code == 2
-    assert "cannot open the microphone" in err and "Traceback" not in err
+    assert "no usable input device" in err and "--list-devices" in err and "Traceback" not in err
 
 
 def test_terminal_printer_rewrites_partials_in_place():
@@ -174,6 +175,26 @@ async def test_file_streamer_converts_paces_and_logs_every_message(server, speec
         r["message"] for r in rows if r["message"].get("type") == "transcription" and r["message"]["is_final"]
     ]
     assert "wizard" in " ".join(f["transcript"] for f in finals).lower()
+
+
+def test_file_streamer_skips_a_non_audio_file_in_one_line_and_fails_the_run(server, speech, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not audio\n")
+    code = stream_file_main(["--url", server.url, "--speed", "0", str(notes), str(speech[WIZARD].path)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [line for line in err.splitlines() if line.strip()] == [
+        line for line in err.splitlines() if line.startswith(f"{notes}: not audio")
+    ], err
+    assert "Traceback" not in err and "wizard" in out.lower(), (out, err)  # the next file still streamed
+
+
+def test_file_streamer_shows_the_servers_explanation_of_a_refusal(server, speech, capsys):
+    url = server.url.replace("/v1/websocket", "/no/such/path")
+    code = stream_file_main(["--url", url, "--speed", "0", str(speech[WIZARD].path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "HTTP 404: use /v1/websocket" in err and "Traceback" not in err, err
 
 
 def test_benchmark_against_the_real_server(server, speech, tmp_path, capsys):

@@ -110,7 +110,8 @@ class JoinedStream:
 
 def speech_bounds(audio: np.ndarray) -> tuple[float, float]:
     """(start, end) of the speech in a recording, in seconds; the whole file if Silero finds none."""
-    from whisper_stream.vad import FRAME, SileroModel, VadOptions, speech_spans
+    from whisper_stream.endpointer import VadOptions, speech_spans
+    from whisper_stream.vad import FRAME, SileroModel
 
     spans = speech_spans(SileroModel().probabilities(audio), VadOptions())
     if not spans:

@@ -42,9 +42,9 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 
 from client import speech  # noqa: E402
 from client.speech import Utterance, load_manifest, wer  # noqa: E402
+from whisper_stream.endpointer import VadOptions  # noqa: E402
 from whisper_stream.engines.triton import TritonEngine  # noqa: E402
 from whisper_stream.triton_server import Ports, TritonServer, free_ports  # noqa: E402
-from whisper_stream.vad import VadOptions  # noqa: E402
 from whisper_stream.window import vad_options_to_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from whisper_stream.endpointer import VadOptions
 from whisper_stream.engine import DecodeOptions, Segment, TranscribeRequest, TranscribeResult, Word
 from whisper_stream.triton_models import choose_engine, config_parameters, transcribe_blocking
-from whisper_stream.vad import SileroModel, VadOptions
+from whisper_stream.vad import SileroModel
 from whisper_stream.window import (
     SpeechWindow,
     batch_probabilities,
@@ -109,8 +110,9 @@ def test_blocking_calls_respect_the_engine_batch_size() -> None:
 
 def test_threshold_zero_keeps_the_whole_window() -> None:
     """What the server's Triton engine sends by default: the session already endpointed the window."""
+    from whisper_stream.endpointer import trim_to_speech
     from whisper_stream.engines.triton import DEFAULT_VAD
-    from whisper_stream.vad import SileroModel, trim_to_speech
+    from whisper_stream.vad import SileroModel
 
     window = np.zeros(16000 * 2, dtype=np.float32)  # even silence: the session decided it is speech
     audio, offset, has_speech = trim_to_speech(window, SileroModel().probabilities(window), DEFAULT_VAD)

@@ -4,8 +4,8 @@ No sockets, threads or clock reads: callers pass `now` and carry out the returne
 run a transcription, close). Every endpointing and ordering rule is therefore testable with synthetic audio,
 a fake VAD and a fake clock.
 
-Endpointing follows Silero's streaming rule: speech starts at a frame with p >= threshold and ends once
-p < threshold - 0.15 has lasted `min_silence_duration_ms`; `speech_pad_ms` is added on both sides but never
+Endpointing is `endpointer.Endpointer` (Silero's streaming rule, shared with the Triton ensemble and the
+benchmark); `speech_pad_ms` is added on both sides but never
 reaches back into audio an earlier final already covered, so consecutive finals never share audio. A segment
 that reaches `final_transcript_max_duration_s` is cut at its quietest frame near the end and the rest of the
 speech continues in the next segment: every sample of speech is in exactly one final.
@@ -26,6 +26,7 @@ import numpy as np
 from whisper_stream import messages
 from whisper_stream.audio import AudioDecoder, normalize_loudness
 from whisper_stream.config import StreamConfig
+from whisper_stream.endpointer import Endpointer, silence_frames
 from whisper_stream.engine import (
     COMPRESSION_RATIO_THRESHOLD,
     SAMPLE_RATE,
@@ -38,7 +39,7 @@ from whisper_stream.hallucination import (
     is_invented,
     possible_hallucination,
 )
-from whisper_stream.vad import FRAME, NEG_OFFSET, SpeechProbability
+from whisper_stream.vad import FRAME, SpeechProbability
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Session:
         self._vad = vad
         v, s = config.streaming_vad_config, config.streaming_params
         self._threshold = v.threshold
-        self._min_silence = max(1, round(v.min_silence_duration_ms * SAMPLE_RATE / 1000 / FRAME))
+        self._ep = Endpointer(v.threshold, silence_frames(v.min_silence_duration_ms))
         self._pad = v.speech_pad_ms * SAMPLE_RATE // 1000
         self._max_samples = int(s.final_transcript_max_duration_s * SAMPLE_RATE)
         self._partials = s.enable_partial_transcripts
@@ -141,10 +142,7 @@ class Session:
         self._frame_probs: list[float] = []  # VAD probability per frame of the open segment
         self._floor = 0  # first sample not yet covered by a final
 
-        self._in_speech = False
         self._seg_start = 0  # stream sample where the open segment's audio starts (incl. padding)
-        self._speech_frames = 0
-        self._silence_start: int | None = None  # stream sample where the current low-probability run began
         self._segment = 0  # index of the open (or next) segment
         self._since_partial = 0
 
@@ -162,13 +160,18 @@ class Session:
     # -- properties ------------------------------------------------------------------------------------
 
     @property
+    def in_speech(self) -> bool:
+        """Whether an utterance is open (speech started and has not ended yet)."""
+        return self._ep.in_speech
+
+    @property
     def received_s(self) -> float:
         return (self._buf_start + self._buf_len) / SAMPLE_RATE
 
     @property
     def lag_s(self) -> float:
         """Seconds of received audio that no sent message covers yet, and that is not known silence."""
-        if not self._in_speech and not self._finals_order:
+        if not self._ep.in_speech and not self._finals_order:
             return len(self._tail) / SAMPLE_RATE
         return self.received_s - self._covered_s
 
@@ -244,13 +247,13 @@ class Session:
             self._tail = np.zeros(0, dtype=np.float32)
             actions += self._on_frame(padded, float(self._vad(padded[None, :])[0]))
         self._ending = True
-        if self._in_speech:
+        if self._ep.in_speech:
             actions += self._close_segment(self._buf_end, flush=True)
         return actions + self._maybe_finish()
 
     def finalize(self) -> list[Action]:
         """Turn the speech so far into a final now; the stream stays open."""
-        if not self._in_speech:
+        if not self._ep.in_speech:
             return []
         return self._close_segment(self._buf_end)
 
@@ -277,7 +280,7 @@ class Session:
         if (
             result is not None
             and pending.continues
-            and self._in_speech
+            and self._ep.in_speech
             and self._segment == pending.segment + 1
         ):
             self._utterance_language = self._utterance_language or (result.language, result.language_prob)
@@ -287,7 +290,7 @@ class Session:
     def partial_wanted(self, request_id: int) -> bool:
         """Whether a queued partial is still worth running (its utterance is still going on)."""
         pending = self._inflight.get(request_id)
-        return bool(pending) and self._in_speech and pending.segment == self._segment and not self._ending
+        return bool(pending) and self._ep.in_speech and pending.segment == self._segment and not self._ending
 
     # -- endpointing -----------------------------------------------------------------------------------
 
@@ -317,34 +320,27 @@ class Session:
         self._append(frame)
         if not self._use_vad:
             return self._on_fixed_frame(p)
-        if not self._in_speech:
-            if p >= self._threshold:
-                self._in_speech = True
+        was_in_speech = self._ep.in_speech
+        event = self._ep.push(p, frame_start)
+        if not was_in_speech:
+            if event == "start":
                 self._seg_start = max(self._floor, self._buf_start, frame_start - self._pad)
-                self._speech_frames = 1
-                self._silence_start = None
                 self._since_partial = self._buf_end - self._seg_start
                 self._frame_probs = [p]
             else:
                 self._trim(self._buf_end - self._pad)  # keep only what pre-padding may need
             return []
         self._frame_probs.append(p)
-        if p >= self._threshold:
-            self._silence_start = None
-            self._speech_frames += 1
-        elif p < self._threshold - NEG_OFFSET and self._silence_start is None:
-            self._silence_start = frame_start
-        if self._silence_start is not None:
-            if (self._buf_end - self._silence_start) // FRAME >= self._min_silence:
-                end = min(self._buf_end, self._silence_start + self._pad)
-                return self._close_segment(end)
+        if event == "end":
+            assert self._ep.silence_start is not None
+            return self._close_segment(min(self._buf_end, self._ep.silence_start + self._pad))
         actions: list[Action] = []
         if self._buf_end - self._seg_start >= self._max_samples:
             actions += self._forced_cut()
         self._since_partial += FRAME
         if (
             self._partials
-            and self._in_speech
+            and self._ep.in_speech
             and self._partial_inflight is None
             and self._since_partial >= self._partial_every
             and not self._ending
@@ -354,17 +350,17 @@ class Session:
 
     def _on_fixed_frame(self, p: float) -> list[Action]:
         """enable_vad false: fixed-length segments, but a segment the VAD heard no speech in is discarded."""
-        if not self._in_speech:
-            self._in_speech, self._seg_start, self._speech_frames = True, self._buf_end - FRAME, 0
-            self._frame_probs, self._since_partial = [], 0
+        if not self._ep.in_speech:
+            self._ep.open()
+            self._seg_start, self._frame_probs, self._since_partial = self._buf_end - FRAME, [], 0
         self._frame_probs.append(p)
-        self._speech_frames += p >= self._threshold
+        self._ep.speech_frames += p >= self._threshold
         self._since_partial += FRAME
         if self._buf_end - self._seg_start >= self._max_samples:
             return self._close_segment(self._buf_end)
         if (
             self._partials
-            and self._speech_frames
+            and self._ep.speech_frames
             and self._partial_inflight is None
             and self._since_partial >= self._partial_every
         ):
@@ -386,22 +382,21 @@ class Session:
         self._seg_start = cut
         self._frame_probs = self._frame_probs[quietest:]
         self._since_partial = self._buf_end - cut
-        if self._silence_start is not None and self._silence_start < cut:
-            self._silence_start = cut
+        if self._ep.silence_start is not None and self._ep.silence_start < cut:
+            self._ep.silence_start = cut
         return actions
 
     def _close_segment(self, end: int, flush: bool = False) -> list[Action]:
         start = self._seg_start
-        self._in_speech = False
+        speech_frames = self._ep.speech_frames
+        self._ep.close()
         self._frame_probs = []
         self._floor = end
         actions: list[Action] = []
-        if self._speech_frames >= MIN_SPEECH_FRAMES:
+        if speech_frames >= MIN_SPEECH_FRAMES:
             if end > start:
                 actions.append(self._request("final", start, end, flush=flush))
             self._segment += 1
-        self._speech_frames = 0
-        self._silence_start = None
         self._utterance_language = None
         self._trim(max(end, self._buf_end - self._pad))
         return actions
@@ -501,7 +496,7 @@ class Session:
     def _on_partial(
         self, pending: _Pending, result: TranscribeResult, timing: dict[str, float] | None
     ) -> list[Action]:
-        stale = not self._in_speech or pending.segment != self._segment or self._ending
+        stale = not self._ep.in_speech or pending.segment != self._segment or self._ending
         if stale:
             log.debug("stale partial dropped (segment %d, open %d)", pending.segment, self._segment)
             self.stats.partials_dropped += 1
@@ -553,7 +548,7 @@ class Session:
         if not self._finals_order and self._held_partial is not None:
             pending, result, timing = self._held_partial
             self._held_partial = None
-            if self._in_speech and pending.segment == self._segment and not self._ending:
+            if self._ep.in_speech and pending.segment == self._segment and not self._ending:
                 msg = self._message(pending, result, is_final=False, timing=timing)
                 if msg is not None:
                     self.stats.partials_sent += 1

@@ -1,4 +1,5 @@
-"""Silero VAD (ONNX) as a batched probability model, per-stream state, and whole-window trimming.
+"""Silero VAD (ONNX) as a batched probability model with per-stream state (the rule that reads its
+probabilities is `endpointer.py`).
 
 The ONNX file comes from the `silero-vad` wheel (installed without its torch dependency, see the Makefile) or
 from WHISPER_STREAM_VAD_MODEL. At 16 kHz the model takes 512 new samples plus the previous 64 as context and
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,7 +21,6 @@ import numpy as np
 FRAME = 512  # samples per VAD frame at 16 kHz (32 ms)
 CONTEXT = 64
 SAMPLE_RATE = 16_000
-NEG_OFFSET = 0.15  # speech ends when p < threshold - 0.15 (Silero's reference iterator)
 
 
 def default_model_path() -> Path:
@@ -90,43 +89,3 @@ class SileroStream:
             probs[i] = p[0]
             self._context = frame[-CONTEXT:]
         return probs
-
-
-@dataclass(frozen=True)
-class VadOptions:
-    threshold: float = 0.5
-    min_silence_duration_ms: int = 300
-    speech_pad_ms: int = 0
-
-
-def speech_spans(probs: np.ndarray, opts: VadOptions) -> list[tuple[int, int]]:
-    """Speech spans [start, end) in frames, using the streaming rule (start p >= t, end p < t - 0.15)."""
-    spans: list[tuple[int, int]] = []
-    min_silence = max(1, round(opts.min_silence_duration_ms * SAMPLE_RATE / 1000 / FRAME))
-    start: int | None = None
-    silent = 0
-    for i, p in enumerate(probs):
-        if start is None:
-            if p >= opts.threshold:
-                start, silent = i, 0
-        elif p < opts.threshold - NEG_OFFSET:
-            silent += 1
-            if silent >= min_silence:
-                spans.append((start, i - silent + 1))
-                start = None
-        elif p >= opts.threshold:
-            silent = 0
-    if start is not None:
-        spans.append((start, len(probs) - silent))
-    return spans
-
-
-def trim_to_speech(audio: np.ndarray, probs: np.ndarray, opts: VadOptions) -> tuple[np.ndarray, float, bool]:
-    """Cut leading and trailing non-speech (keeping speech_pad_ms) -> (audio, offset_s, has_speech)."""
-    spans = speech_spans(probs, opts)
-    if not spans:
-        return audio[:0], 0.0, False
-    pad = opts.speech_pad_ms * SAMPLE_RATE // 1000
-    begin = max(0, spans[0][0] * FRAME - pad)
-    end = min(len(audio), spans[-1][1] * FRAME + pad)
-    return audio[begin:end], begin / SAMPLE_RATE, True

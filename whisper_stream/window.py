@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from whisper_stream.endpointer import VadOptions, trim_to_speech
 from whisper_stream.engine import DecodeOptions, TranscribeRequest, TranscribeResult
-from whisper_stream.vad import CONTEXT, FRAME, SileroModel, VadOptions, trim_to_speech
+from whisper_stream.vad import CONTEXT, FRAME, SileroModel
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def test_threshold_parameter_is_applied():
     high = make(vad=Prob(), threshold=0.7)
     feed(low, silence(0.5))
     feed(high, silence(0.5))
-    assert low._in_speech and not high._in_speech
+    assert low.in_speech and not high.in_speech
 
 
 def test_silence_only_stream_requests_nothing():

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from whisper_stream.endpointer import VadOptions
 from whisper_stream.engine import (
     EngineUnavailable,
     TranscribeRequest,
@@ -25,7 +26,6 @@ from whisper_stream.engine import (
     options_to_json,
     result_from_json,
 )
-from whisper_stream.vad import VadOptions
 from whisper_stream.window import vad_options_to_json
 
 log = logging.getLogger(__name__)

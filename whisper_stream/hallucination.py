@@ -1,8 +1,11 @@
-"""Signals that a decoded segment is not speech but Whisper inventing text."""
+"""Transcript filtering: signals that a decoded segment is not speech but Whisper inventing text, and what a
+transcript keeps of a decode (`filter_segments`)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import replace
 
 from whisper_stream.engine import (
     COMPRESSION_RATIO_THRESHOLD,
@@ -72,3 +75,17 @@ def collapse_repetitions(text: str, min_repeats: int = 3, max_ngram: int = 10) -
             out.append(words[i])
         i += step
     return " ".join(out)
+
+
+def filter_segments(segments: Sequence[Segment], prompt: str) -> list[tuple[Segment, bool]]:
+    """What a transcript keeps of a decode: (segment, possibly hallucinated) for each segment that is not
+    empty, invented or an echo of the prompt; a repetition loop that survived the fallback is collapsed."""
+    kept = []
+    for seg in segments:
+        if not seg.text.strip() or is_invented(seg) or echoes_prompt(seg.text, prompt):
+            continue
+        flagged = possible_hallucination(seg)
+        if seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD:
+            seg = replace(seg, text=collapse_repetitions(seg.text))
+        kept.append((seg, flagged))
+    return kept

@@ -26,19 +26,10 @@ import numpy as np
 from whisper_stream import messages
 from whisper_stream.audio import AudioDecoder, normalize_loudness
 from whisper_stream.config import StreamConfig
+from whisper_stream.delivery import InOrder
 from whisper_stream.endpointer import Endpointer, silence_frames
-from whisper_stream.engine import (
-    COMPRESSION_RATIO_THRESHOLD,
-    SAMPLE_RATE,
-    TranscribeRequest,
-    TranscribeResult,
-)
-from whisper_stream.hallucination import (
-    collapse_repetitions,
-    echoes_prompt,
-    is_invented,
-    possible_hallucination,
-)
+from whisper_stream.engine import SAMPLE_RATE, TranscribeRequest, TranscribeResult
+from whisper_stream.hallucination import filter_segments, possible_hallucination
 from whisper_stream.vad import FRAME, SpeechProbability
 
 log = logging.getLogger(__name__)
@@ -149,9 +140,7 @@ class Session:
         self._next_id = 0
         self._inflight: dict[int, _Pending] = {}
         self._partial_inflight: int | None = None
-        self._finals_order: list[int] = []  # request ids of finals, in segment order
-        self._done: dict[int, _Done] = {}
-        self._held_partial: tuple[_Pending, TranscribeResult, dict[str, float] | None] | None = None
+        self._delivery: InOrder[_Done, _Done] = InOrder()
         self._covered_s = 0.0  # end of the audio the latest sent transcription covers
         self._ending = False
         self.finished = False
@@ -171,7 +160,7 @@ class Session:
     @property
     def lag_s(self) -> float:
         """Seconds of received audio that no sent message covers yet, and that is not known silence."""
-        if not self._ep.in_speech and not self._finals_order:
+        if not self._ep.in_speech and not self._delivery.outstanding:
             return len(self._tail) / SAMPLE_RATE
         return self.received_s - self._covered_s
 
@@ -284,8 +273,7 @@ class Session:
             and self._segment == pending.segment + 1
         ):
             self._utterance_language = self._utterance_language or (result.language, result.language_prob)
-        self._done[request_id] = _Done(pending, result, error, timing)
-        return self._deliver_finals(now)
+        return self._deliver(self._delivery.complete(request_id, _Done(pending, result, error, timing)), now)
 
     def partial_wanted(self, request_id: int) -> bool:
         """Whether a queued partial is still worth running (its utterance is still going on)."""
@@ -437,7 +425,7 @@ class Session:
         if self._normalize:
             audio = normalize_loudness(audio)
         if kind == "final":
-            self._finals_order.append(rid)
+            self._delivery.expect(rid)
         else:
             self._partial_inflight = rid
             self._since_partial = 0
@@ -458,18 +446,12 @@ class Session:
         language, language_prob = result.language, result.language_prob
         if pending.known_language is not None:
             language, language_prob = pending.known_language
-        segs = []
-        for seg in result.segments:
-            if not seg.text.strip() or is_invented(seg) or echoes_prompt(seg.text, self._options.prompt):
-                continue
-            flagged = possible_hallucination(seg)
-            if seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD:  # a repetition loop survived fallback
-                seg = replace(seg, text=collapse_repetitions(seg.text))
-            segs.append(
-                messages.segment_dict(
-                    seg, pending.start_s, language, language_prob, flagged, self._options.word_timestamps
-                )
+        segs = [
+            messages.segment_dict(
+                seg, pending.start_s, language, language_prob, flagged, self._options.word_timestamps
             )
+            for seg, flagged in filter_segments(result.segments, self._options.prompt)
+        ]
         if not segs and not self._options.language_detection_only:
             return None
         self._covered_s = max(self._covered_s, pending.end_s)
@@ -505,8 +487,8 @@ class Session:
             log.debug("partial skipped as possible hallucination: %s", result.segments)
             self.stats.partials_dropped += 1
             return []
-        if self._finals_order:  # earlier finals still on their way: the partial waits behind them
-            self._held_partial = (pending, result, timing)
+        if self._delivery.outstanding:  # earlier finals still on their way: the partial waits behind them
+            self._delivery.hold(_Done(pending, result, None, timing))
             return []
         msg = self._message(pending, result, is_final=False, timing=timing)
         if msg is None:
@@ -514,10 +496,9 @@ class Session:
         self.stats.partials_sent += 1
         return [Send(msg)]
 
-    def _deliver_finals(self, now: float) -> list[Action]:
+    def _deliver(self, finals: list[_Done], now: float) -> list[Action]:
         actions: list[Action] = []
-        while self._finals_order and self._finals_order[0] in self._done:
-            done = self._done.pop(self._finals_order.pop(0))
+        for done in finals:
             if done.result is None:
                 actions.append(
                     self._error(
@@ -545,18 +526,17 @@ class Session:
             if msg is not None:
                 self.stats.finals_sent += 1
                 actions.append(Send(msg))
-        if not self._finals_order and self._held_partial is not None:
-            pending, result, timing = self._held_partial
-            self._held_partial = None
-            if self._ep.in_speech and pending.segment == self._segment and not self._ending:
-                msg = self._message(pending, result, is_final=False, timing=timing)
+        held = self._delivery.release_held()
+        if held is not None and held.result is not None:
+            if self._ep.in_speech and held.pending.segment == self._segment and not self._ending:
+                msg = self._message(held.pending, held.result, is_final=False, timing=held.timing)
                 if msg is not None:
                     self.stats.partials_sent += 1
                     actions.append(Send(msg))
         return actions + self._maybe_finish()
 
     def _maybe_finish(self) -> list[Action]:
-        if self._ending and not self._finals_order and not self.finished:
+        if self._ending and not self._delivery.outstanding and not self.finished:
             self.finished = True
             return [Send(messages.end_audio("finished")), Close(1000, "end of audio")]
         return []

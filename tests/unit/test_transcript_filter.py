@@ -1,0 +1,30 @@
+"""What a transcript keeps of a decode: no empty, invented or prompt-echo segments; loops collapsed; flags."""
+
+from __future__ import annotations
+
+from whisper_stream.engine import Segment
+from whisper_stream.hallucination import filter_segments
+
+
+def seg(text: str, **kw: float) -> Segment:
+    fields = {"avg_logprob": -0.2, "no_speech_prob": 0.01, "compression_ratio": 1.2, **kw}
+    return Segment(start=0.0, end=1.0, text=text, **fields)  # type: ignore[arg-type]
+
+
+def test_keeps_speech_and_drops_empty_invented_and_prompt_echoes():
+    kept = filter_segments(
+        [
+            seg(" Hello there."),
+            seg("  "),
+            seg(" Thanks for watching!", no_speech_prob=0.9, avg_logprob=-1.2),  # invented on silence
+            seg(" Acme Corp quarterly call", avg_logprob=-0.3),  # only the prompt, echoed back
+        ],
+        prompt="Acme Corp quarterly call",
+    )
+    assert [(s.text, flagged) for s, flagged in kept] == [(" Hello there.", False)]
+
+
+def test_a_loop_that_survived_the_fallback_is_collapsed_and_flagged():
+    loop = " the end" * 20
+    [(kept, flagged)] = filter_segments([seg(loop, compression_ratio=6.0)], prompt="")
+    assert kept.text.split().count("end") < 5 and flagged

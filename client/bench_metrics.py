@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from client.protocol import Received
+from client.protocol import Received, is_transcription
 
 TOLERANCE_S = 0.5  # Whisper's segment ends are 20 ms-quantised and often stop a little before the audio does
 
@@ -60,7 +60,7 @@ def transcriptions(received: Sequence[Received]) -> list[Transcription]:
     out = []
     for r in received:
         m = r.message
-        if m.get("type") != "transcription":
+        if not is_transcription(m):
             continue
         segs = tuple(
             (float(s["start_time"]), float(s["end_time"]), str(s.get("text", "")))
@@ -70,7 +70,7 @@ def transcriptions(received: Sequence[Received]) -> list[Transcription]:
         out.append(
             Transcription(
                 r.t,
-                bool(m.get("is_final")),
+                is_transcription(m, final=True),
                 m.get("transcription_num"),
                 segs,
                 None if lag is None else float(lag),

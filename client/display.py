@@ -11,7 +11,7 @@ import shutil
 import sys
 from typing import Any, TextIO
 
-from client.protocol import Received
+from client.protocol import Received, is_transcription
 
 ERASE = "\r\x1b[K"
 
@@ -36,9 +36,9 @@ class TranscriptPrinter:
     def __call__(self, item: Received) -> None:
         msg = item.message
         kind = msg.get("type")
-        if kind == "transcription":
+        if is_transcription(msg):
             text = transcript_text(msg)
-            if msg.get("is_final"):
+            if is_transcription(msg, final=True):
                 self.final(text, item.t, msg)
             elif self.show_partials:
                 self.partial(text)

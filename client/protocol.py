@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,20 @@ import websockets
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/websocket"
 FRAME_SAMPLES = 512  # what every documented client sends: 32 ms at 16 kHz
 FRAME_S = FRAME_SAMPLES / 16000
+
+
+def is_transcription(msg: dict[str, Any], final: bool | None = None) -> bool:
+    """A transcription message; with `final`, only finals (True) or only partials (False)."""
+    if msg.get("type") != "transcription":
+        return False
+    return final is None or bool(msg.get("is_final")) == final
+
+
+def finals_text(messages: Iterable[dict[str, Any]]) -> str:
+    """The finals' transcripts joined: what a stream said, as the protocol's messages tell it."""
+    return " ".join(
+        m["transcript"] for m in messages if is_transcription(m, True) and m["transcript"]
+    ).strip()
 
 
 @dataclass
@@ -37,19 +51,11 @@ class StreamResult:
 
     @property
     def finals(self) -> list[dict[str, Any]]:
-        return [
-            r.message
-            for r in self.received
-            if r.message.get("type") == "transcription" and r.message["is_final"]
-        ]
+        return [r.message for r in self.received if is_transcription(r.message, True)]
 
     @property
     def partials(self) -> list[dict[str, Any]]:
-        return [
-            r.message
-            for r in self.received
-            if r.message.get("type") == "transcription" and not r.message["is_final"]
-        ]
+        return [r.message for r in self.received if is_transcription(r.message, False)]
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -57,7 +63,7 @@ class StreamResult:
 
     @property
     def text(self) -> str:
-        return " ".join(m["transcript"] for m in self.finals if m["transcript"]).strip()
+        return finals_text(self.finals)
 
     @property
     def finished(self) -> bool:

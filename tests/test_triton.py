@@ -41,6 +41,7 @@ if importlib.util.find_spec("pytriton") is None or importlib.util.find_spec("tri
 import tritonclient.grpc as grpcclient  # noqa: E402
 
 from client import speech  # noqa: E402
+from client.protocol import finals_text  # noqa: E402
 from client.speech import Utterance, load_manifest, wer  # noqa: E402
 from whisper_stream.endpointer import VadOptions  # noqa: E402
 from whisper_stream.engines.triton import TritonEngine  # noqa: E402
@@ -319,12 +320,6 @@ async def stream(
     return messages
 
 
-def finals(messages: list[dict[str, Any]]) -> str:
-    return " ".join(
-        m["transcript"] for m in messages if m.get("type") == "transcription" and m.get("is_final")
-    ).strip()
-
-
 async def test_streams_through_the_server_and_triton(triton: TritonServer, ws_server: int) -> None:
     before = batch_sizes(triton, "whisper")
     clips = ENGLISH[:3]
@@ -334,7 +329,7 @@ async def test_streams_through_the_server_and_triton(triton: TritonServer, ws_se
     meta = {**METADATA, "streaming_vad_config": {"threshold": 0.5, "min_silence_duration_ms": 3000}}
     barrier = asyncio.Barrier(len(audios))
     results = await asyncio.gather(*(stream(ws_server, a, meta=meta, before_end=barrier) for a in audios))
-    hypotheses = [finals(messages) for messages in results]
+    hypotheses = [finals_text(messages) for messages in results]
     for messages in results:
         assert not [m for m in messages if m.get("type") == "error"], messages
     assert wer([manifest()[c].text for c in clips], hypotheses) <= MAX_WER, hypotheses
@@ -387,4 +382,4 @@ async def test_server_survives_a_triton_restart(triton: TritonServer, ws_server:
         assert time.monotonic() < deadline, "server did not become ready again after Triton came back"
         await asyncio.sleep(0.3)
     recovered = await stream(ws_server, np.concatenate([speech, silence(1.0)]))
-    assert wer([manifest()["ls_1089-134686-0001"].text], [finals(recovered)]) <= MAX_WER, recovered
+    assert wer([manifest()["ls_1089-134686-0001"].text], [finals_text(recovered)]) <= MAX_WER, recovered

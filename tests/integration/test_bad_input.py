@@ -9,7 +9,7 @@ import json
 import pytest
 import websockets
 
-from client.protocol import metadata, stream_pcm
+from client.protocol import finals_text, metadata, stream_pcm
 from client.speech import load_audio, to_pcm16
 
 CASES = [
@@ -87,6 +87,6 @@ async def test_malformed_control_messages_are_recoverable(server, speech):
         replies = [json.loads(m) async for m in ws]
     errors = [m for m in replies if m["type"] == "error"]
     assert len(errors) == 3 and all(e["body"]["recoverable"] for e in errors)
-    text = " ".join(m["transcript"] for m in replies if m["type"] == "transcription")
+    text = finals_text(replies)
     assert "wizard" in text.lower()
     assert replies[-1]["body"]["status"] == "finished"

@@ -20,7 +20,7 @@ import pytest
 
 from client import bench, mic
 from client.display import TranscriptPrinter
-from client.protocol import Received, metadata
+from client.protocol import Received, finals_text, metadata
 from client.speech import load_audio, normalizer, to_pcm16
 from client.stream_file import JsonlRecorder, stream_file
 from client.stream_file import main as stream_file_main
@@ -171,10 +171,7 @@ async def test_file_streamer_converts_paces_and_logs_every_message(server, speec
     assert [r["t"] for r in rows] == sorted(r["t"] for r in rows) and all(r["t"] > 0 for r in rows)
     assert {r["file"] for r in rows} == {str(src)}
     assert rows[-1]["message"]["body"]["status"] == "finished"
-    finals = [
-        r["message"] for r in rows if r["message"].get("type") == "transcription" and r["message"]["is_final"]
-    ]
-    assert "wizard" in " ".join(f["transcript"] for f in finals).lower()
+    assert "wizard" in finals_text(r["message"] for r in rows).lower()
 
 
 def test_file_streamer_skips_a_non_audio_file_in_one_line_and_fails_the_run(server, speech, tmp_path, capsys):

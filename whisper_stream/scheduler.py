@@ -35,15 +35,6 @@ class Job:
     queued_at: float = field(default_factory=time.monotonic)
 
 
-@dataclass
-class SchedulerStats:
-    calls: int = 0
-    requests: int = 0
-    partials_shed: int = 0
-    max_batch: int = 0
-    busy_s: float = 0.0
-
-
 class Scheduler:
     def __init__(self, engine: Engine, partial_max_wait_s: float = 10.0) -> None:
         self.engine = engine
@@ -54,7 +45,6 @@ class Scheduler:
         self._slots = asyncio.Semaphore(max(1, engine.max_inflight))
         self._task: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[None]] = set()
-        self.stats = SchedulerStats()
 
     def start(self) -> None:
         if self._task is None:
@@ -84,7 +74,6 @@ class Scheduler:
         keep: deque[Job] = deque()
         for job in self._partials:
             if now - job.queued_at > self.partial_max_wait_s or not job.wanted():
-                self.stats.partials_shed += 1
                 metrics.PARTIALS_SHED.inc()
                 log.debug("partial shed after %.2f s in queue", now - job.queued_at)
                 job.callback(None, None, None)
@@ -133,10 +122,6 @@ class Scheduler:
             self._slots.release()
             metrics.ENGINE_CALLS.labels(outcome).inc()
             metrics.ENGINE_SECONDS.observe(time.monotonic() - started)
-            self.stats.calls += 1
-            self.stats.requests += len(batch)
-            self.stats.max_batch = max(self.stats.max_batch, len(batch))
-            self.stats.busy_s += time.monotonic() - started
             log.debug("engine call: %s in %.3f s", [j.kind for j in batch], time.monotonic() - started)
         model_s = time.monotonic() - started
         for job, result in zip(batch, results, strict=True):

@@ -85,13 +85,6 @@ class _Done:
     timing: dict[str, float] | None = None
 
 
-@dataclass
-class SessionStats:
-    finals_sent: int = 0
-    partials_sent: int = 0
-    partials_dropped: int = 0
-
-
 class Session:
     def __init__(
         self,
@@ -144,7 +137,6 @@ class Session:
         self._covered_s = 0.0  # end of the audio the latest sent transcription covers
         self._ending = False
         self.finished = False
-        self.stats = SessionStats()
 
     # -- properties ------------------------------------------------------------------------------------
 
@@ -263,7 +255,6 @@ class Session:
         if pending.kind == "partial":
             self._partial_inflight = None
             if result is None:
-                self.stats.partials_dropped += 1
                 return [self._error("TRANSCRIPTION_ERROR", error, True, now)] if error else []
             return self._on_partial(pending, result, timing)
         if (
@@ -481,11 +472,9 @@ class Session:
         stale = not self._ep.in_speech or pending.segment != self._segment or self._ending
         if stale:
             log.debug("stale partial dropped (segment %d, open %d)", pending.segment, self._segment)
-            self.stats.partials_dropped += 1
             return []
         if self._skip_hallucinated_partials and any(possible_hallucination(s) for s in result.segments):
             log.debug("partial skipped as possible hallucination: %s", result.segments)
-            self.stats.partials_dropped += 1
             return []
         if self._delivery.outstanding:  # earlier finals still on their way: the partial waits behind them
             self._delivery.hold(_Done(pending, result, None, timing))
@@ -493,7 +482,6 @@ class Session:
         msg = self._message(pending, result, is_final=False, timing=timing)
         if msg is None:
             return []
-        self.stats.partials_sent += 1
         return [Send(msg)]
 
     def _deliver(self, finals: list[_Done], now: float) -> list[Action]:
@@ -524,14 +512,12 @@ class Session:
                     flush=True,
                 )
             if msg is not None:
-                self.stats.finals_sent += 1
                 actions.append(Send(msg))
         held = self._delivery.release_held()
         if held is not None and held.result is not None:
             if self._ep.in_speech and held.pending.segment == self._segment and not self._ending:
                 msg = self._message(held.pending, held.result, is_final=False, timing=held.timing)
                 if msg is not None:
-                    self.stats.partials_sent += 1
                     actions.append(Send(msg))
         return actions + self._maybe_finish()
 

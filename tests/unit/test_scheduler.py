@@ -62,7 +62,6 @@ async def test_finals_first_batched_and_unwanted_partials_dropped():
     assert engine.calls[1] == [3.0, 4.0, 5.0]  # finals first, up to max_batch_size
     assert engine.calls[2] == [6.0, 2.0]  # the last final, then the wanted partial
     assert ("p-c", False, None) in got  # shed unrun
-    assert scheduler.stats.partials_shed == 1 and scheduler.stats.max_batch == 3
     timings = [t for tag, ok, t in got if ok]
     assert all(t["batch_size"] >= 1 and t["model_s"] >= 0 for t in timings)
 

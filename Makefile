@@ -62,7 +62,7 @@ serve: install $(if $(filter triton,$(ENGINE)),$(BIN)/.triton-installed)  ## the
 # build bundled in nvidia-pytriton, or on a GPU machine the docker run of build_engine/Dockerfile's image.
 # Waits until ready and prints where it listens; Ctrl-C stops it. TRITON_ARGS: --cpu | --gpu | --dry-run
 triton: $(BIN)/.triton-installed  ## Triton serving model_repository/ (TRITON_ARGS: --cpu | --gpu | --dry-run)
-	$(BIN)/python -m whisper_stream.triton_server $(TRITON_ARGS)
+	$(BIN)/python -m triton_launcher $(TRITON_ARGS)
 
 # truss has its own virtualenv: it needs protobuf 7, which the Triton client (protobuf < 5) refuses.
 $(TRUSS_VENV)/bin/truss:

@@ -1,10 +1,10 @@
 """Transcribe real speech from the data set through an engine; print transcripts, WER and RTF.
 
-Works with any engine of the `whisper_stream.engine.Engine` interface, so the same check runs against the
-TensorRT-LLM engines after a build and against the CPU engine here. The data set, audio loading and error
-rates are `client.speech`'s (the repository's data/ unless --data or WHISPER_STREAM_DATA says otherwise):
-WER with Whisper's normalisers, CER for languages written without spaces; references that are another
-recogniser's output are transcribed but left out of the score.
+Works with any engine of the `Engine` interface (whisper_stream.engines.interface), so the same check runs
+against the TensorRT-LLM engines after a build and against the CPU engine here. The data set, audio loading
+and error rates are `client.speech`'s (the repository's data/ unless --data or WHISPER_STREAM_DATA says
+otherwise): WER with Whisper's normalisers, CER for languages written without spaces; references that are
+another recogniser's output are transcribed but left out of the score.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from client.speech import CER_LANGUAGES, Utterance, load_audio, load_manifest, wer
-from whisper_stream.engine import SAMPLE_RATE, DecodeOptions, Engine, TranscribeRequest
+from whisper_stream.engines.interface import SAMPLE_RATE, DecodeOptions, Engine, TranscribeRequest
 
 
 def load_items(

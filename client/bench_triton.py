@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,2,4")
     parser.add_argument("--out", type=Path, default=Path("bench-results/triton"))
     args, rest = parser.parse_known_args(argv)
-    from whisper_stream.triton_server import Ports, TritonServer
+    from triton_launcher import Ports, TritonServer
 
     args.out.mkdir(parents=True, exist_ok=True)
     with TritonServer(ports=Ports.free(), log_path=args.out / "tritonserver.log") as triton:

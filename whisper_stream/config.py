@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from whisper_stream.engine import DecodeOptions
+from whisper_stream.engines.interface import DecodeOptions
 
 ENCODINGS = ("pcm_s16le", "pcm_mulaw", "pcm_f32le", "pcm_alaw")
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)

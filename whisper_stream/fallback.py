@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 
-from whisper_stream.engine import COMPRESSION_RATIO_THRESHOLD, LOG_PROB_THRESHOLD, Segment
+from whisper_stream.engines.interface import COMPRESSION_RATIO_THRESHOLD, LOG_PROB_THRESHOLD, Segment
 from whisper_stream.hallucination import is_silence
 
 

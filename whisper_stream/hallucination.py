@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from whisper_stream.engine import (
+from whisper_stream.engines.interface import (
     COMPRESSION_RATIO_THRESHOLD,
     LOG_PROB_THRESHOLD,
     NO_SPEECH_THRESHOLD,

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from whisper_stream.engine import Segment
+from whisper_stream.engines.interface import Segment
 
 ERROR_TYPES = (
     "CONFIGURATION_ERROR",

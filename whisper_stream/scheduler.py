@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from whisper_stream import metrics
-from whisper_stream.engine import Engine, EngineUnavailable, TranscribeRequest, TranscribeResult
+from whisper_stream.engines.interface import Engine, EngineUnavailable, TranscribeRequest, TranscribeResult
 
 log = logging.getLogger(__name__)
 

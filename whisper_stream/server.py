@@ -23,8 +23,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from whisper_stream import metrics
-from whisper_stream.engine import Engine
 from whisper_stream.engines import create_engine
+from whisper_stream.engines.interface import Engine
 from whisper_stream.scheduler import Scheduler
 from whisper_stream.settings import ServerSettings
 from whisper_stream.stream import Limits, Runtime, TransportClosed, serve_stream

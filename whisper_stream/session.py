@@ -28,7 +28,7 @@ from whisper_stream.audio import AudioDecoder, normalize_loudness
 from whisper_stream.config import StreamConfig
 from whisper_stream.delivery import InOrder
 from whisper_stream.endpointer import Endpointer, silence_frames
-from whisper_stream.engine import SAMPLE_RATE, TranscribeRequest, TranscribeResult
+from whisper_stream.engines.interface import SAMPLE_RATE, TranscribeRequest, TranscribeResult
 from whisper_stream.hallucination import filter_segments, possible_hallucination
 from whisper_stream.vad import FRAME, SpeechProbability
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from whisper_stream import messages, metrics
 from whisper_stream.config import ConfigError, StreamConfig, parse_metadata
-from whisper_stream.engine import TranscribeResult
+from whisper_stream.engines.interface import TranscribeResult
 from whisper_stream.scheduler import Job, Scheduler
 from whisper_stream.session import Close, Send, Session, Transcribe
 from whisper_stream.vad import SileroModel

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from triton_launcher import DEFAULT_REPOSITORY, Ports, TritonServer, has_gpu
 from whisper_stream.server import build_runtime
 from whisper_stream.settings import ServerSettings
 from whisper_stream.stream import Runtime, Transport, serve_stream
-from whisper_stream.triton_server import DEFAULT_REPOSITORY, Ports, TritonServer, has_gpu
 
 log = logging.getLogger(__name__)
 

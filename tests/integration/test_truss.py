@@ -112,7 +112,7 @@ def test_cpu_config_selects_the_in_process_engine(truss_configs):
 
 def test_bundle_links_are_the_repository_packages():
     """`bundle/` must point at the packages, not copy them: the Truss ships exactly what is tested."""
-    for name in ("whisper_stream", "model_repository", "build_engine"):
+    for name in ("whisper_stream", "triton_launcher", "model_repository", "build_engine"):
         link = TRUSS_DIR / "bundle" / name
         assert link.is_symlink() and link.resolve() == (ROOT / name).resolve(), link
 
@@ -133,7 +133,7 @@ def test_image_build_context_bundles_the_package(tmp_path):
     assert "COPY --chown=root:root ./packages /packages" in dockerfile
     assert "silero-vad==6.2.3" in dockerfile
     packages = out / "packages"
-    for path in ("whisper_stream/stream.py", "whisper_stream/truss_runtime.py",
+    for path in ("whisper_stream/stream.py", "whisper_stream/truss_runtime.py", "triton_launcher/__init__.py",
                  "model_repository/whisper/config.pbtxt", "build_engine/__main__.py"):  # fmt: skip
         assert (packages / path).is_file(), path
     assert (out / "model" / "model.py").is_file()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from whisper_stream.engine import Segment, TranscribeRequest, TranscribeResult
+from whisper_stream.engines.interface import Segment, TranscribeRequest, TranscribeResult
 
 SR = 16_000
 

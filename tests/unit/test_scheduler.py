@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 from tests.unit.fakes import fake_result
-from whisper_stream.engine import TranscribeRequest
+from whisper_stream.engines.interface import TranscribeRequest
 from whisper_stream.scheduler import Job, Scheduler
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from whisper_stream.engine import Segment
+from whisper_stream.engines.interface import Segment
 from whisper_stream.hallucination import filter_segments
 
 

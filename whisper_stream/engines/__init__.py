@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from whisper_stream.engine import Engine
+from whisper_stream.engines.interface import Engine
 from whisper_stream.settings import ServerSettings
 
 

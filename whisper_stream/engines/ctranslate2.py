@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from faster_whisper.transcribe import merge_punctuations
 
-from whisper_stream.engine import (
+from whisper_stream.engines.interface import (
     MAX_WINDOW_S,
     SAMPLE_RATE,
     DecodeOptions,
@@ -31,7 +31,7 @@ from whisper_stream.engine import (
 )
 from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
 from whisper_stream.language import choose_language
-from whisper_stream.models import resolve_model
+from whisper_stream.model_source import resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from whisper_stream.engine import (
+from whisper_stream.engines.interface import (
     SAMPLE_RATE,
     DecodeOptions,
     EngineUnavailable,

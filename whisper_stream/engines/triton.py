@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from whisper_stream.endpointer import VadOptions
-from whisper_stream.engine import (
+from whisper_stream.engines.interface import (
     EngineUnavailable,
     TranscribeRequest,
     TranscribeResult,
     options_to_json,
     result_from_json,
 )
-from whisper_stream.window import vad_options_to_json
+from whisper_stream.ensemble_vad import vad_options_to_json
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,18 @@
-"""Triton adapter: tensors <-> whisper_stream.window.transcribe_speech with the engine the config names."""
+"""Triton adapter: tensors <-> whisper_stream.ensemble_vad.transcribe_speech with the configured engine."""
 
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from whisper_stream.engine import options_from_json, result_to_json
-from whisper_stream.triton_models import close_engine, config_parameters, create_engine, transcribe_blocking
-from whisper_stream.window import SpeechWindow, transcribe_speech
+from whisper_stream.engines.interface import options_from_json, result_to_json
+from whisper_stream.ensemble_vad import SpeechWindow, transcribe_speech
+from whisper_stream.triton_whisper_model import (
+    close_engine,
+    config_parameters,
+    create_engine,
+    transcribe_blocking,
+)
 
 
 def _input(request, name: str) -> np.ndarray:

@@ -12,8 +12,8 @@ the package they translate for, installed or not.
 On a GPU machine the same repository runs in the pinned `tritonserver:25.12-trtllm-python-py3` image (as
 extended by build_engine/Dockerfile); `docker_command` is that documented `docker run`.
 
-    python -m whisper_stream.triton_server            # CPU: start, wait for readiness, serve until Ctrl-C
-    python -m whisper_stream.triton_server --gpu      # print and run the docker command
+    python -m triton_launcher            # CPU: start, wait for readiness, serve until Ctrl-C
+    python -m triton_launcher --gpu      # print and run the docker command
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ def has_gpu() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m whisper_stream.triton_server", description=(__doc__ or "").split("\n")[0]
+        prog="python -m triton_launcher", description=(__doc__ or "").split("\n")[0]
     )
     env_ports = Ports.from_env()
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
@@ -374,7 +374,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if stop else 1
     finally:
         server.cleanup()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from whisper_stream.engine import (
+from whisper_stream.engines.interface import (
     DecodeOptions,
     EngineUnavailable,
     TranscribeRequest,
@@ -43,12 +43,12 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 from client import speech  # noqa: E402
 from client.protocol import finals_text  # noqa: E402
 from client.speech import Utterance, load_manifest, wer  # noqa: E402
+from triton_launcher import Ports, TritonServer, free_ports  # noqa: E402
 from whisper_stream.endpointer import VadOptions  # noqa: E402
 from whisper_stream.engines.triton import TritonEngine  # noqa: E402
-from whisper_stream.triton_server import Ports, TritonServer, free_ports  # noqa: E402
-from whisper_stream.window import vad_options_to_json  # noqa: E402
+from whisper_stream.ensemble_vad import vad_options_to_json  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENSEMBLE = "whisper_ensemble"
 SR = 16_000
 # Short LibriSpeech/TIMIT utterances: enough words for a meaningful WER, cheap on two cores.

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 
 from whisper_stream.endpointer import VadOptions
-from whisper_stream.engine import DecodeOptions, Segment, TranscribeRequest, TranscribeResult, Word
-from whisper_stream.triton_models import choose_engine, config_parameters, transcribe_blocking
-from whisper_stream.vad import SileroModel
-from whisper_stream.window import (
+from whisper_stream.engines.interface import DecodeOptions, Segment, TranscribeRequest, TranscribeResult, Word
+from whisper_stream.ensemble_vad import (
     SpeechWindow,
     batch_probabilities,
     shift_result,
@@ -18,6 +16,8 @@ from whisper_stream.window import (
     vad_options_from_json,
     vad_options_to_json,
 )
+from whisper_stream.triton_whisper_model import choose_engine, config_parameters, transcribe_blocking
+from whisper_stream.vad import SileroModel
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from whisper_stream.endpointer import VadOptions, trim_to_speech
-from whisper_stream.engine import DecodeOptions, TranscribeRequest, TranscribeResult
+from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest, TranscribeResult
 from whisper_stream.vad import CONTEXT, FRAME, SileroModel
 
 

@@ -11,7 +11,7 @@ import pytest
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
 
-REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 MODELS = sorted(p.parent.name for p in REPOSITORY.glob("*/config.pbtxt"))
 
 
@@ -66,7 +66,7 @@ def test_ensemble_wiring_matches_the_models() -> None:
 
 
 def test_ports_come_from_the_documented_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from whisper_stream.triton_server import Ports
+    from triton_launcher import Ports
 
     for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT"):
         monkeypatch.delenv(name, raising=False)
@@ -78,7 +78,7 @@ def test_ports_come_from_the_documented_variables(monkeypatch: pytest.MonkeyPatc
 
 
 def test_gpu_command_serves_this_repository_on_loopback_ports() -> None:
-    from whisper_stream.triton_server import Ports, docker_command
+    from triton_launcher import Ports, docker_command
 
     command = docker_command(Ports(9010, 9011, 9012), image="img:tag", project=Path("/src"))
     assert command[:2] == ["docker", "run"] and "--gpus" in command and "img:tag" in command

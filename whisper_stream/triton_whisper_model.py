@@ -1,4 +1,4 @@
-"""What the Triton python models in `model_repository/` delegate to, free of Triton's own modules.
+"""What model_repository/whisper (the Triton python model) delegates to, free of Triton's own modules.
 
 The python models are adapters (tensors in, tensors out); choosing and driving the engine is here so it is
 testable without a server and shared with any other host. The whisper model's config parameters pick the
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from whisper_stream.engine import TranscribeRequest, TranscribeResult
+from whisper_stream.engines.interface import TranscribeRequest, TranscribeResult
 
 
 def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:

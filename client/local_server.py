@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,14 +16,14 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from triton_launcher import free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class LocalServer:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 import wave
@@ -209,9 +210,11 @@ async def test_page_api_key_and_file_button(keyed_server, speech, tmp_path):
             await page.fill("#api-key", KEY)
             await page.set_input_files("#file", str(utterance.path))  # streamed at real-time pace
             await page.wait_for_function("() => window.whisperStream.state === 'running'", timeout=20_000)
+            started = time.monotonic()
             await page.wait_for_function(
                 "() => window.whisperStream.state === 'finished'", timeout=(utterance.duration_s + 40) * 1000
             )
+            took = time.monotonic() - started
             assert await page.locator("#error").is_hidden()
             shown = await page.locator("#finals .final .text").all_inner_texts()
             sent = await page.evaluate("window.whisperStream.audioSentS")
@@ -221,4 +224,5 @@ async def test_page_api_key_and_file_button(keyed_server, speech, tmp_path):
     problems = [p for p in problems if "401" not in p and "WebSocket" not in p]  # the refused attempt
     assert not problems, problems
     assert abs(sent - utterance.duration_s) < 0.5, sent  # the whole file, once
+    assert took > utterance.duration_s - 0.5, took  # at real-time pace, not as fast as possible
     assert wer([utterance.text], [" ".join(shown)]) <= 0.1, shown

@@ -77,7 +77,7 @@ def request_router(runtime: Runtime, api_key: str | None) -> Callable[..., Await
 
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if (static := page.response(path)) is not None:
+        if (static := page.response(request)) is not None:
             return static
         if path == "/metrics":
             body, content_type = metrics.exposition()

@@ -44,15 +44,19 @@ def _load() -> dict[str, tuple[bytes, str]]:
 
 
 class WebPage:
-    """The static files, read once; `response(path)` is None for a path that is not the page's."""
+    """The static files, read once."""
 
     def __init__(self, api_key_required: bool) -> None:
         self.files = _load()
         config = {"api_key_required": api_key_required, "websocket_path": "/v1/websocket"}
         self.files["/config.json"] = (json.dumps(config).encode(), "application/json")
 
-    def response(self, path: str) -> Response | None:
-        found = self.files.get(path)
+    def response(self, request: Request) -> Response | None:
+        """The file for a plain GET of one of the page's paths; None otherwise (a WebSocket upgrade to `/`
+        still gets the server's 404 naming /v1/websocket)."""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        found = self.files.get(urlsplit(request.path).path)
         if found is None:
             return None
         body, content_type = found

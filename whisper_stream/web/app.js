@@ -17,7 +17,7 @@ let config = { api_key_required: false, websocket_path: "/v1/websocket" };
 let run = null; // the current stream: { ws, ctx, node, source, media, sent, sendTimes, lastFinal, errorShown }
 
 // What the tests read: every message with its arrival time, and the audio sent so far.
-const page = { log: [], audioSentS: 0, state: "loading" };
+const page = { log: [], audioSentS: 0, state: "loading", runs: 0 };
 window.whisperStream = page;
 
 function wsBase() {
@@ -107,6 +107,7 @@ async function start(file) {
   }
   const current = { sent: 0, sendTimes: [], lastFinal: -1, errorShown: false, file: !!file };
   run = current;
+  page.runs += 1;
   setState("connecting", file ? `reading ${file.name}…` : "connecting…");
   try {
     current.ctx = new AudioContext();

@@ -43,8 +43,8 @@ class ServerSettings(BaseSettings):
     triton_max_inflight: int = Field(8, ge=1, le=256, description="triton: most requests in flight at once")
     api_key: str | None = Field(
         None,
-        description="when set, clients must send the key: Authorization: Api-Key <key> (or Bearer), "
-        "or from a browser Sec-WebSocket-Protocol: api-key, <key> or ?api_key=<key>",
+        description="when set, clients must send Authorization: Api-Key <key> (or Bearer <key>); "
+        "browsers send it as a subprotocol or ?api_key=<key> (README: Browser page)",
     )
     max_streams: int = Field(64, ge=1, description="most concurrent streams; more are closed with 1013")
     max_frame_bytes: int = Field(1 << 20, ge=1024, description="largest binary frame (bytes); larger: 1009")

@@ -21,7 +21,7 @@ TRUSS_CONFIG ?= config.yaml
 ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
-.PHONY: help install client dev serve test lint bench bench-triton bench-audio bench-noise triton engine \
+.PHONY: help install client dev browser serve test lint bench bench-triton bench-audio bench-noise triton engine \
 	engine-docker truss-venv truss-push truss-context clean
 .DEFAULT_GOAL := help
 
@@ -121,8 +121,25 @@ lint: dev  ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: dev lint truss-venv  ## lint, then the whole test suite (skip reasons shown)
-	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
+# The browser page's test (tests/integration/test_page.py) drives Debian's `chromium` through Playwright:
+# installed here when missing (as root, apt-get, no prompt); otherwise make stops and says how.
+CHROMIUM ?= chromium
+browser:  ## Chromium for the page's test (apt-get install chromium when missing and root)
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get) for the browser page's test"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+	      || { echo "apt-get install chromium failed: install Chromium yourself, or set CHROMIUM=/path" >&2; exit 1; }; \
+	    command -v $(CHROMIUM) >/dev/null 2>&1 \
+	      || { echo "$(CHROMIUM) not found after installing chromium: set CHROMIUM=/path/to/chromium" >&2; exit 1; }; \
+	  else \
+	    echo "make test needs Chromium for tests/integration/test_page.py: run" \
+	      "'sudo apt-get install -y chromium' (Debian/Ubuntu), or set CHROMIUM=/path/to/chromium" >&2; \
+	    exit 1; \
+	  fi; }
+
+test: dev lint truss-venv browser  ## lint, then the whole test suite (skip reasons shown)
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 clean:  ## remove the virtualenvs and build outputs
 	rm -rf $(VENV) $(TRUSS_VENV) .pytest_cache .ruff_cache build

@@ -22,7 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from whisper_stream import metrics
+from whisper_stream import metrics, web_page
 from whisper_stream.engines import create_engine
 from whisper_stream.engines.interface import Engine
 from whisper_stream.scheduler import Scheduler
@@ -68,16 +68,17 @@ def build_runtime(settings: ServerSettings, engine: Engine | None = None) -> Run
 
 
 def _authorized(request: Request, api_key: str | None) -> bool:
-    if not api_key:
-        return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    return scheme.lower() in ("api-key", "bearer") and token.strip() == api_key
+    """The Authorization header, or what a browser can send instead (see `web_page.authorized`)."""
+    return web_page.authorized(request, api_key)
 
 
 def request_router(runtime: Runtime, api_key: str | None) -> Callable[..., Awaitable[Response | None]]:
+    page = web_page.WebPage(api_key_required=bool(api_key))
+
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if (static := page.response(request)) is not None:
+            return static
         if path == "/metrics":
             body, content_type = metrics.exposition()
             response = connection.respond(http.HTTPStatus.OK, body.decode())
@@ -124,6 +125,7 @@ async def start_server(
         handler,
         sock=sock or listen(settings.host, settings.port),
         process_request=request_router(runtime, settings.api_key),
+        select_subprotocol=web_page.select_subprotocol,
         max_size=HARD_MAX_FRAME,
         max_queue=64,
         ping_interval=20,
@@ -147,6 +149,7 @@ async def run(settings: ServerSettings) -> None:
         f"(engine {engine.name}, model {engine.model_name})",
         flush=True,
     )
+    print(f"whisper-stream: browser page at http://{settings.host}:{port}/", flush=True)
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))

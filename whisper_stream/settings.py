@@ -42,7 +42,9 @@ class ServerSettings(BaseSettings):
     triton_model: str = Field("whisper_ensemble", description="triton: model to call")
     triton_max_inflight: int = Field(8, ge=1, le=256, description="triton: most requests in flight at once")
     api_key: str | None = Field(
-        None, description="when set, clients must send Authorization: Api-Key <key> (or Bearer <key>)"
+        None,
+        description="when set, clients must send Authorization: Api-Key <key> (or Bearer <key>); "
+        "browsers send it as a subprotocol or ?api_key=<key> (README: Browser page)",
     )
     max_streams: int = Field(64, ge=1, description="most concurrent streams; more are closed with 1013")
     max_frame_bytes: int = Field(1 << 20, ge=1024, description="largest binary frame (bytes); larger: 1009")

@@ -1,17 +1,28 @@
-"""Batches transcription requests from all streams into engine calls: finals first, partials shed.
+"""Batches transcription requests from all streams into engine calls: fair, finals first, failures isolated.
 
 Finals are never dropped. Partials are best-effort: each stream has at most one in flight (the session
-enforces it); a queued partial whose utterance has meanwhile ended (its final is queued) is dropped unrun,
-and so is one still waiting after `partial_max_wait_s`. Up to `engine.max_inflight` calls run at once
-(1 for the in-process CPU engine, several for Triton, whose dynamic batcher merges them).
+enforces it); a queued partial whose utterance has meanwhile ended is dropped unrun, and so is one still
+waiting after `partial_max_wait_s`. Up to `engine.max_inflight` calls run at once (1 for the in-process CPU
+engine, several for Triton, whose dynamic batcher merges them).
+
+Fairness: the engine is shared by engine time, not by request count. Each stream's recent engine time
+(decayed with a `FAIR_SHARE_HALF_LIFE_S` half-life, an engine call's time split among its requests by audio
+length) orders the queue: the stream that got the least engine time lately goes first. A client uploading
+faster than real time, or sending long prompts, thus waits behind the real-time streams instead of delaying
+them; a lone stream still gets the whole engine.
+
+Failures are isolated: when a batch of several requests fails, each request is retried alone, so only the
+request that fails by itself gets the error. An engine that returns the wrong number of results fails that
+call's requests instead of leaving them unanswered. If the scheduling task itself dies, `healthy` turns False
+(the server answers 503), every queued request gets an error, and the task restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +35,9 @@ log = logging.getLogger(__name__)
 # timing: {"queue_s": waiting for the engine, "model_s": the engine call, "batch_size": requests in it}.
 Callback = Callable[[TranscribeResult | None, str | None, dict[str, float] | None], None]
 
+FAIR_SHARE_HALF_LIFE_S = 20.0  # how long a stream's engine time counts against it when ordering the queue
+DELAY_SMOOTHING = 0.2  # weight of the newest final's queue wait in the smoothed delay (admission control)
+
 
 @dataclass
 class Job:
@@ -35,26 +49,55 @@ class Job:
     queued_at: float = field(default_factory=time.monotonic)
 
 
+class _Usage:
+    """A stream's engine seconds, decayed exponentially: what fairness orders by."""
+
+    __slots__ = ("seconds", "at")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.at = time.monotonic()
+
+    def value(self, now: float) -> float:
+        return self.seconds * math.exp2(-(now - self.at) / FAIR_SHARE_HALF_LIFE_S)
+
+    def add(self, seconds: float, now: float) -> None:
+        self.seconds = self.value(now) + seconds
+        self.at = now
+
+
 class Scheduler:
     def __init__(self, engine: Engine, partial_max_wait_s: float = 10.0) -> None:
         self.engine = engine
         self.partial_max_wait_s = partial_max_wait_s
-        self._finals: deque[Job] = deque()
-        self._partials: deque[Job] = deque()
+        self._finals: list[Job] = []
+        self._partials: list[Job] = []
+        self._usage: dict[object, _Usage] = {}  # owner (a stream) -> its engine time lately
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max(1, engine.max_inflight))
         self._task: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.healthy = True
+        self.final_delay_s = 0.0  # smoothed queue wait of recent finals (admission control reads it)
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="scheduler")
+            self._task.add_done_callback(self._on_task_done)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, *self._calls, return_exceptions=True)
             self._task = None
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or running (graceful shutdown)."""
+        while self._finals or self._partials or self._calls:
+            await asyncio.sleep(0.02)
 
     def submit(self, job: Job) -> None:
         (self._finals if job.kind == "final" else self._partials).append(job)
@@ -62,16 +105,41 @@ class Scheduler:
 
     def cancel(self, owner: object) -> None:
         """Forget the queued work of a stream that went away."""
-        self._finals = deque(j for j in self._finals if j.owner is not owner)
-        self._partials = deque(j for j in self._partials if j.owner is not owner)
+        self._finals = [j for j in self._finals if j.owner is not owner]
+        self._partials = [j for j in self._partials if j.owner is not owner]
+        self._usage.pop(owner, None)
 
     @property
     def queued(self) -> int:
         return len(self._finals) + len(self._partials)
 
+    def delay_s(self) -> float:
+        """How far behind the engine is: the oldest queued final's wait, or the recent smoothed wait."""
+        oldest = min((j.queued_at for j in self._finals), default=None)
+        waiting = time.monotonic() - oldest if oldest is not None else 0.0
+        return max(waiting, self.final_delay_s)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if self._stopping or task.cancelled():
+            return
+        exc = task.exception()
+        log.error("scheduler task died: %r; failing queued requests and restarting", exc)
+        self.healthy = False
+        for job in self._finals + self._partials:
+            job.callback(None, f"transcription failed: scheduler error {type(exc).__name__}", None)
+        self._finals, self._partials = [], []
+        self._task = None
+        self.start()
+
+    def _usage_of(self, job: Job, now: float) -> float:
+        usage = self._usage.get(job.owner)
+        return usage.value(now) if usage else 0.0
+
     def _next_batch(self) -> list[Job]:
         now = time.monotonic()
-        keep: deque[Job] = deque()
+        keep = []
         for job in self._partials:
             if now - job.queued_at > self.partial_max_wait_s or not job.wanted():
                 metrics.PARTIALS_SHED.inc()
@@ -81,14 +149,19 @@ class Scheduler:
                 keep.append(job)
         self._partials = keep
         size = self.engine.max_batch_size
-        batch = [self._finals.popleft() for _ in range(min(size, len(self._finals)))]
-        while len(batch) < size and self._partials:
-            batch.append(self._partials.popleft())
+        # least engine time lately first; within a stream, in order (stable sort on queue time)
+        self._finals.sort(key=lambda j: (self._usage_of(j, now), j.queued_at))
+        batch, self._finals = self._finals[:size], self._finals[size:]
+        if len(batch) < size and self._partials:
+            self._partials.sort(key=lambda j: (self._usage_of(j, now), j.queued_at))
+            room = size - len(batch)
+            batch, self._partials = batch + self._partials[:room], self._partials[room:]
         return batch
 
     async def _run(self) -> None:
         while True:
             if not self._finals and not self._partials:
+                self.healthy = True  # the loop runs (again): nothing is stuck behind it
                 self._wake.clear()
                 await self._wake.wait()
             await self._slots.acquire()
@@ -104,29 +177,47 @@ class Scheduler:
         started = time.monotonic()
         for job in batch:
             metrics.QUEUE_SECONDS.labels(job.kind).observe(started - job.queued_at)
+            if job.kind == "final":
+                wait = started - job.queued_at
+                self.final_delay_s += DELAY_SMOOTHING * (wait - self.final_delay_s)
+        try:
+            await self._run_isolated(batch, started)
+        finally:
+            self._slots.release()
+
+    async def _run_isolated(self, batch: list[Job], queued_until: float) -> None:
+        """One engine call for the batch; if it fails and holds several requests, each one alone."""
+        started = time.monotonic()
         metrics.BATCH_SIZE.observe(len(batch))
-        outcome = "error"
         try:
             results = await self.engine.transcribe([j.request for j in batch])
-            outcome = "ok"
+            if len(results) != len(batch):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} requests")
         except EngineUnavailable as exc:
+            metrics.ENGINE_CALLS.labels("unavailable").inc()
             for job in batch:
                 job.callback(None, f"engine unavailable: {exc}", None)
             return
-        except Exception as exc:  # a bad batch must not kill the scheduler
+        except Exception as exc:
+            metrics.ENGINE_CALLS.labels("error").inc()
+            if len(batch) > 1:
+                log.warning("engine call of %d failed (%r): retrying each request alone", len(batch), exc)
+                for job in batch:
+                    await self._run_isolated([job], queued_until)
+                return
             log.exception("engine call failed")
-            for job in batch:
-                job.callback(None, f"transcription failed: {type(exc).__name__}: {exc}", None)
+            batch[0].callback(None, f"transcription failed: {type(exc).__name__}: {exc}", None)
             return
         finally:
-            self._slots.release()
-            metrics.ENGINE_CALLS.labels(outcome).inc()
             metrics.ENGINE_SECONDS.observe(time.monotonic() - started)
-            log.debug("engine call: %s in %.3f s", [j.kind for j in batch], time.monotonic() - started)
-        model_s = time.monotonic() - started
+        metrics.ENGINE_CALLS.labels("ok").inc()
+        now = time.monotonic()
+        model_s = now - started
+        total = sum(len(j.request.audio) for j in batch) or 1
         for job, result in zip(batch, results, strict=True):
+            self._usage.setdefault(job.owner, _Usage()).add(model_s * len(job.request.audio) / total, now)
             timing = {
-                "queue_s": round(started - job.queued_at, 4),
+                "queue_s": round(queued_until - job.queued_at, 4),
                 "model_s": round(model_s, 4),
                 "batch_size": len(batch),
             }

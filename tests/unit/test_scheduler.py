@@ -59,8 +59,9 @@ async def test_finals_first_batched_and_unwanted_partials_dropped():
         await asyncio.sleep(0.01)
     await scheduler.stop()
     assert engine.calls[0] == [1.0]
-    assert engine.calls[1] == [3.0, 4.0, 5.0]  # finals first, up to max_batch_size
-    assert engine.calls[2] == [6.0, 2.0]  # the last final, then the wanted partial
+    # finals first, up to max_batch_size, least engine time first: "a" already had its partial run
+    assert engine.calls[1] == [4.0, 5.0, 6.0]
+    assert engine.calls[2] == [3.0, 2.0]  # the last final, then the wanted partial
     assert ("p-c", False, None) in got  # shed unrun
     timings = [t for tag, ok, t in got if ok]
     assert all(t["batch_size"] >= 1 and t["model_s"] >= 0 for t in timings)

@@ -67,6 +67,7 @@ class CTranslate2Engine:
         cpu_threads: int = 0,
         max_batch_size: int = 8,
         adaptive_context: bool = True,
+        device_index: int = 0,
     ) -> None:
         import ctranslate2
         from faster_whisper import WhisperModel
@@ -80,7 +81,11 @@ class CTranslate2Engine:
         self.adaptive_context = adaptive_context
         # faster-whisper's model object: its CTranslate2 model, features, tokenizer and word alignment.
         self._fw = WhisperModel(
-            self.model_path, device=device, compute_type=compute_type, cpu_threads=cpu_threads
+            self.model_path,
+            device=device,
+            device_index=device_index,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
         )
         self._model = self._fw.model
         self.multilingual = self._model.is_multilingual
@@ -168,6 +173,12 @@ class CTranslate2Engine:
         return out
 
     def _subset(self, encoded: Any, indices: list[int]) -> Any:
+        """Rows of the encoder output as a host StorageView (CTranslate2 moves inputs to the model's device).
+
+        On a CUDA model the encoder output lives on the GPU, and CTranslate2 refuses to expose device memory
+        to numpy: it is copied to the host first."""
+        if encoded.device != "cpu":
+            encoded = encoded.to_device(self._ct2.Device.cpu)
         return self._ct2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[indices]))
 
     def _words(

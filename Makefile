@@ -21,7 +21,7 @@ TRUSS_CONFIG ?= config.yaml
 ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
-.PHONY: help install client dev browser serve test lint bench bench-triton bench-audio bench-noise triton engine \
+.PHONY: help install client dev browser serve test lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
 	engine-docker truss-venv truss-push truss-context clean
 .DEFAULT_GOAL := help
 
@@ -85,6 +85,14 @@ engine-docker:  ## build the TensorRT-LLM image, then run `make engine` in it
 	docker build -f build_engine/Dockerfile -t $(ENGINE_IMAGE) .
 	docker run --rm --gpus all --shm-size=2g -v $(CURDIR)/engines:/workspace/whisper-stream/engines \
 	  $(ENGINE_IMAGE) make engine ENGINE_ARGS="$(ENGINE_ARGS)"
+
+# On a GPU machine with PyTorch and transformers (no TensorRT, no weights, no network needed): mel on the GPU,
+# large-v3-shaped PyTorch-eager timings and a streams estimate, the TensorRT-LLM engine through the faithful
+# runner. Under 8 minutes; gpu-check-results/gpu_check.json + a table. GPU_CHECK_ARGS="--device cpu --quick":
+# the CPU smoke test.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=$(CURDIR) python3 -m build_engine.gpu_check --out gpu-check-results $(GPU_CHECK_ARGS)
 
 # Benchmark: 1, 2, 4 concurrent real-time streams; table on stdout, bench-results/bench.json + PNGs.
 # Without BENCH_URL it starts its own server (ENGINE, MODEL, TRITON_URL as for `make serve`) on a free

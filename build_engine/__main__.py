@@ -70,9 +70,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--decoder-max-input-len", type=int, default=224, help="decoder prompt tokens")
     p.add_argument(
-        "--no-gather-generation-logits",
+        "--gather-generation-logits",
         action="store_true",
-        help="smaller decoder; language detection then falls back to the greedy token",
+        help="build the decoder with --gather_generation_logits (not needed: every call then returns logits)",
     )
     p.add_argument("--disable-xqa", action="store_true", help="add --enable_xqa disable to the decoder build")
     p.add_argument(
@@ -106,7 +106,7 @@ def options_from_args(a: argparse.Namespace) -> BuildOptions:
         max_beam_width=a.max_beam_width,
         max_seq_len=a.max_seq_len,
         decoder_max_input_len=a.decoder_max_input_len,
-        gather_generation_logits=not a.no_gather_generation_logits,
+        gather_generation_logits=a.gather_generation_logits,
         disable_xqa=a.disable_xqa,
     )
 
@@ -161,18 +161,19 @@ def main(argv: list[str] | None = None) -> int:
             _run(cmds["build_encoder"], a.dry_run)
             _run(cmds["build_decoder"], a.dry_run)
             if not a.dry_run:
-                if digest is None and (model_dir / f"{opts.model_name}.pt").exists() and not a.no_verify_hash:
+                if digest is None and (model_dir / f"{opts.model_name}.pt").exists():
                     _, digest = prepare_checkpoint(
                         str((model_dir / f"{opts.model_name}.pt").resolve()),
                         opts.model_name,
                         model_dir,
                         a.sha256,
-                        True,
+                        not a.no_verify_hash,
                         not a.no_progress,
                     )
                 manifest = make_manifest(
                     opts, digest, cmds, engine_dir, started, time.time(), collect_environment()
                 )
+                manifest["checkpoint_verified"] = not a.no_verify_hash
                 path = write_manifest(engine_dir, manifest)
                 print(f"manifest: {path}")
 

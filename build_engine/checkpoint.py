@@ -129,7 +129,8 @@ def prepare_checkpoint(
     """Make `model_dir/<model_name>.pt` (the name convert_checkpoint.py expects) from a URL or a local file.
 
     `source`: None (OpenAI's URL for the model), an http(s) URL, or a local path (linked, not copied).
-    Returns the checkpoint path and its verified SHA-256 (None only when verification was switched off).
+    Returns the checkpoint path and its SHA-256: verified against the expected one, or with verify_hash=False
+    the file's own hash, unverified (the manifest still records what was built from).
     """
     target = model_dir / f"{model_name}.pt"
     if source is None or source.startswith(("http://", "https://")):
@@ -148,7 +149,7 @@ def prepare_checkpoint(
             raise ValueError(f"no known SHA-256 for {model_name}; pass --sha256 or --no-verify-hash")
         verify(local, digest, progress)
     else:
-        digest = None
+        digest = sha256_file(local, progress)
     model_dir.mkdir(parents=True, exist_ok=True)
     if target.resolve() != local:
         target.unlink(missing_ok=True)

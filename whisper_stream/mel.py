@@ -140,3 +140,39 @@ def window_features(
     audio = audio[:samples]
     mel = log_mel_spectrogram(audio, n_mels, padding=samples - len(audio), filters_path=filters_path)
     return even_frames(pad_or_trim(mel, n_frames))
+
+
+def batch_window_features_torch(
+    audios: list[np.ndarray],
+    n_mels: int = 128,
+    n_frames: int = N_FRAMES,
+    device: str = "cuda",
+    filters_path: str | None = None,
+):  # -> torch.Tensor (torch is imported here only: the GPU engine's path)
+    """`window_features` for a whole batch in one `torch.stft` on `device`: (batch, n_mels, n_frames) float32.
+
+    Every window is zero-padded (or cut) to n_frames * 160 samples first, so one STFT covers the batch; the
+    dynamic-range clamp (max - 8) is per window, as in the numpy reference. float32 like openai-whisper's own
+    torch implementation (the numpy reference computes in float64; they agree to ~1e-4 on real speech).
+    """
+    import torch
+
+    if n_frames % 2:
+        raise ValueError(f"n_frames must be even (the encoder's stride-2 conv), not {n_frames}")
+    samples = n_frames * HOP_LENGTH
+    batch = np.zeros((len(audios), samples), dtype=np.float32)
+    for i, a in enumerate(audios):
+        a = np.asarray(a, dtype=np.float32)[:samples]
+        batch[i, : len(a)] = a
+    x = torch.from_numpy(batch).to(device)
+    window = torch.hann_window(N_FFT, device=device)
+    stft = torch.stft(
+        x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True
+    )
+    power = stft[..., :-1].abs() ** 2  # (batch, 201, n_frames)
+    filters = torch.from_numpy(mel_filters(n_mels, filters_path)).to(device)
+    mel = filters @ power
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    peak = log_spec.amax(dim=(1, 2), keepdim=True)
+    log_spec = torch.maximum(log_spec, peak - 8.0)
+    return (log_spec + 4.0) / 4.0

@@ -39,8 +39,13 @@ def engine_directory(parameters: Mapping[str, str]) -> str:
     return parameters.get("engine_dir") or os.environ.get("WHISPER_STREAM_ENGINE_DIR", "")
 
 
-def create_engine(parameters: Mapping[str, str], instance_kind: str, max_batch_size: int) -> Any:
-    """The engine one Triton model instance runs; max_batch_size follows the model config's."""
+def create_engine(
+    parameters: Mapping[str, str], instance_kind: str, max_batch_size: int, device_id: int = 0
+) -> Any:
+    """The engine one Triton model instance runs; max_batch_size follows the model config's.
+
+    `device_id` is Triton's `model_instance_device_id`: KIND_AUTO on a multi-GPU host makes one instance per
+    GPU, and each must put its engine on its own GPU (not all on cuda:0)."""
     engine = choose_engine(parameters, instance_kind)
     if engine == "tensorrt_llm":
         from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine  # GPU image only
@@ -48,7 +53,7 @@ def create_engine(parameters: Mapping[str, str], instance_kind: str, max_batch_s
         engine_dir = engine_directory(parameters)
         if not engine_dir:
             raise ValueError("engine=tensorrt_llm needs parameter engine_dir or $WHISPER_STREAM_ENGINE_DIR")
-        return TensorRTLLMEngine(engine_dir, max_batch_size=max_batch_size)
+        return TensorRTLLMEngine(engine_dir, max_batch_size=max_batch_size, device_id=device_id)
 
     from whisper_stream.engines.ctranslate2 import CTranslate2Engine
 
@@ -58,7 +63,25 @@ def create_engine(parameters: Mapping[str, str], instance_kind: str, max_batch_s
         compute_type=parameters.get("compute_type") or "int8",
         cpu_threads=int(parameters.get("cpu_threads") or 0),
         max_batch_size=max_batch_size,
+        device_index=device_id if instance_kind.upper() == "GPU" else 0,
     )
+
+
+def option_errors(engine: Any, options: Sequence[Any]) -> list[str | None]:
+    """Per request, why the engine cannot honour its options (None when it can).
+
+    The whisper model answers those requests with an error and runs the rest of the batch: one request with an
+    unknown language code must not fail every request Triton batched with it."""
+    check = getattr(engine, "check_options", None)
+    errors: list[str | None] = []
+    for o in options:
+        try:
+            if check is not None:
+                check(o)
+            errors.append(None)
+        except ValueError as exc:
+            errors.append(str(exc))
+    return errors
 
 
 def transcribe_blocking(engine: Any, requests: Sequence[TranscribeRequest]) -> list[TranscribeResult]:

@@ -69,9 +69,9 @@ def test_documented_preset_reproduces_the_documented_commands() -> None:
 def test_defaults_keep_documented_flags_and_raise_the_output_limit() -> None:
     opts = BuildOptions(max_batch_size=8)
     enc, dec = _flags(encoder_build_argv(opts, CK, OUT)), _flags(decoder_build_argv(opts, CK, OUT))
-    assert enc == _flags(shlex.split(DOC_ENCODER))
     doc = _flags(shlex.split(DOC_DECODER))
-    changed = {"--max_seq_len": "448", "--max_input_len": "224", "--gather_generation_logits": None}
+    assert enc == {**_flags(shlex.split(DOC_ENCODER)), "--max_num_tokens": "24000"}  # 8 windows x 3000 frames
+    changed = {"--max_seq_len": "448", "--max_input_len": "224"}
     assert dec == {**doc, **changed}
     assert decoder_build_argv(BuildOptions(disable_xqa=True), CK, OUT)[-2:] == ["--enable_xqa", "disable"]
 
@@ -211,7 +211,7 @@ def test_cli_dry_run_prints_every_step(tmp_path: Path, capsys: pytest.CaptureFix
 
 @pytest.mark.skipif(
     importlib.util.find_spec("tensorrt_llm") is not None,
-    reason="TensorRT-LLM is installed here: tests/test_tensorrt_llm_gpu.py covers the engine",
+    reason="TensorRT-LLM is installed here: tests/gpu/test_tensorrt_llm.py covers the engine",
 )
 def test_tensorrt_llm_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="torch not installed")
@@ -238,3 +238,63 @@ def test_verify_harness_on_the_cpu_engine() -> None:
     assert any(line.startswith("RTF ") for line in printed)
     assert v.wer(["Hello, World!"], ["hello world"], "en") == 0.0
     assert v.wer(["你好世界"], ["你好"], "zh") == 0.5
+
+
+def test_decoder_is_built_without_generation_logits() -> None:
+    """Defect: --gather_generation_logits made every decode return full-vocabulary logits; the runtime flag
+    (from_dir) is what the engine's one-step call needs."""
+    for opts in (BuildOptions(), BuildOptions(max_beam_width=1), BuildOptions.documented()):
+        assert "--gather_generation_logits" not in decoder_build_argv(opts, CK, OUT)
+    assert "--gather_generation_logits" in decoder_build_argv(
+        BuildOptions(gather_generation_logits=True), CK, OUT
+    )
+    assert not cli.options_from_args(cli.parser().parse_args(["build"])).gather_generation_logits
+
+
+def test_encoder_takes_a_whole_batch_of_30_s_windows_per_pass() -> None:
+    """Defect: the default max_num_tokens (8192) let at most two 3000-frame windows through one pass."""
+    for batch in (1, 16, 32):
+        flags = _flags(encoder_build_argv(BuildOptions(max_batch_size=batch), CK, OUT))
+        assert int(flags["--max_num_tokens"]) == batch * 3000
+
+
+def test_build_without_hash_verification_still_writes_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: --no-verify-hash left checkpoint_sha256 None, so write_manifest failed after both builds."""
+    example = tmp_path / "example"
+    example.mkdir()
+    (example / "convert_checkpoint.py").write_text("")
+    work = tmp_path / "work"
+    (work / "assets").mkdir(parents=True)
+    checkpoint = work / "assets" / "large-v3.pt"
+    checkpoint.write_bytes(b"not the real large-v3")
+    ran: list[list[str]] = []
+
+    def fake_build(argv: list[str], dry_run: bool) -> None:  # trtllm-build writes rank0.engine
+        ran.append(argv)
+        target = Path(argv[argv.index("--output_dir") + 1])
+        target.mkdir(parents=True)
+        (target / "rank0.engine").write_bytes(b"x")
+
+    monkeypatch.setattr(cli, "_run", fake_build)
+    env = {"tensorrt_llm_version": "1.1.0", "tensorrt_version": "10.13.3.9", "gpu_name": "NVIDIA H200"}
+    monkeypatch.setattr(cli, "collect_environment", lambda: env)
+    out = tmp_path / "engines"
+    args = ["build", "--work-dir", str(work), "--output", str(out), "--example-dir", str(example)]
+    assert cli.main([*args, "--no-verify-hash", "--no-progress"]) == 0
+    assert [argv[0] for argv in ran] == ["trtllm-build", "trtllm-build"]
+    m = read_manifest(out)
+    assert m["checkpoint_sha256"] == hashlib.sha256(b"not the real large-v3").hexdigest()
+    assert m["checkpoint_verified"] is False
+
+
+def test_dockerfile_neither_imports_tensorrt_llm_nor_trips_over_pep_668() -> None:
+    """Defect: `import tensorrt_llm` needs the CUDA driver (absent in docker build); the image's system
+    Python refuses pip installs without PIP_BREAK_SYSTEM_PACKAGES."""
+    text = (Path(__file__).resolve().parents[1] / "build_engine" / "Dockerfile").read_text()
+    runs = text.split("\nRUN ")[1:]
+    assert runs and not any("import tensorrt_llm" in r for r in runs)
+    assert "importlib.metadata" in text and "PIP_BREAK_SYSTEM_PACKAGES=1" in text
+    env_at = text.index("PIP_BREAK_SYSTEM_PACKAGES=1")
+    assert all(text.index(f"pip install {w}") > env_at for w in ("--no-deps openai-whisper", "-e ."))

@@ -61,3 +61,15 @@ def test_long_audio_is_trimmed_to_one_window_and_filters_load_from_a_path() -> N
     np.testing.assert_array_equal(mel.mel_filters(80, str(assets)), mel.mel_filters(80))
     with pytest.raises(ValueError):
         mel.mel_filters(64)
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_batched_torch_features_match_the_numpy_reference(n_mels: int) -> None:
+    """The GPU engine's one-STFT batch path (run here on the CPU) equals window_features per window."""
+    audios = [load_audio(f) for f in FILES]
+    audios[1] = audios[1][: 16000 * 2]  # windows of different lengths in one batch
+    batch = mel.batch_window_features_torch(audios, n_mels, mel.N_FRAMES, device="cpu").numpy()
+    assert batch.shape == (len(audios), n_mels, mel.N_FRAMES)
+    for got, audio in zip(batch, audios, strict=True):
+        want = mel.window_features(audio, n_mels, mel.N_FRAMES)
+        assert np.abs(got - want).max() < 2e-3

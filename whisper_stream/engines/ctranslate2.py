@@ -28,6 +28,7 @@ from whisper_stream.engines.interface import (
     TranscribeRequest,
     TranscribeResult,
     Word,
+    generation_key,
 )
 from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
 from whisper_stream.language import choose_language
@@ -46,13 +47,8 @@ N_FRAMES = 3000
 # ~0.25 s instead of ~1.1 s, with the same transcripts on our test speech (see README, Benchmarks). Buckets
 # of 10 s: 5 s contexts were cheaper still but misread one-second utterances ("ask not" -> "is not").
 CONTEXT_MARGIN_S = 1.0
-CONTEXT_BUCKET_FRAMES = 1000  # 10 s: requests in one batch share the largest bucket
+CONTEXT_BUCKET_FRAMES = 1000  # 10 s: only requests of the same bucket share an encoder call
 MAX_TEXT_TOKENS = 448
-
-
-def _generation_key(o: DecodeOptions) -> tuple[Any, ...]:
-    """Options that must be equal for requests to share one generate call (the rest live in the prompt)."""
-    return (o.beam_width, o.length_penalty, o.repetition_penalty, o.no_repeat_ngram_size, o.max_new_tokens)
 
 
 class CTranslate2Engine:
@@ -67,6 +63,7 @@ class CTranslate2Engine:
         cpu_threads: int = 0,
         max_batch_size: int = 8,
         adaptive_context: bool = True,
+        device_index: int = 0,
     ) -> None:
         import ctranslate2
         from faster_whisper import WhisperModel
@@ -80,7 +77,11 @@ class CTranslate2Engine:
         self.adaptive_context = adaptive_context
         # faster-whisper's model object: its CTranslate2 model, features, tokenizer and word alignment.
         self._fw = WhisperModel(
-            self.model_path, device=device, compute_type=compute_type, cpu_threads=cpu_threads
+            self.model_path,
+            device=device,
+            device_index=device_index,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
         )
         self._model = self._fw.model
         self.multilingual = self._model.is_multilingual
@@ -118,18 +119,20 @@ class CTranslate2Engine:
         results: list[TranscribeResult | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
-            groups[_generation_key(req.options)].append(i)
-        for indices in groups.values():
-            for i, res in zip(indices, self._transcribe_group([requests[i] for i in indices]), strict=True):
+            # the context bucket is part of the key: padding, and so the text, never depends on neighbours
+            groups[(generation_key(req.options), self._frames(req))].append(i)
+        for (_, frames), indices in groups.items():
+            group = [requests[i] for i in indices]
+            for i, res in zip(indices, self._transcribe_group(group, frames), strict=True):
                 results[i] = res
         return results  # type: ignore[return-value]
 
-    def _frames(self, requests: list[TranscribeRequest]) -> int:
-        """Encoder input length for a batch: 3000 (30 s), or the longest window + margin, bucketed."""
+    def _frames(self, request: TranscribeRequest) -> int:
+        """Encoder input length: 3000 (30 s), or the window's own length + margin, bucketed."""
         if not self.adaptive_context:
             return N_FRAMES
-        longest = max(len(r.audio) for r in requests) / SAMPLE_RATE + CONTEXT_MARGIN_S
-        buckets = -(-int(longest * 100) // CONTEXT_BUCKET_FRAMES)
+        length = len(request.audio) / SAMPLE_RATE + CONTEXT_MARGIN_S
+        buckets = -(-int(length * 100) // CONTEXT_BUCKET_FRAMES)
         return min(N_FRAMES, buckets * CONTEXT_BUCKET_FRAMES)
 
     def _mel(self, audio: np.ndarray, frames: int = N_FRAMES) -> np.ndarray:
@@ -137,18 +140,24 @@ class CTranslate2Engine:
         mel = self._features(audio, padding=frames * 160 - len(audio) + 160)
         return mel[:, :frames]
 
-    def _transcribe_group(self, requests: list[TranscribeRequest]) -> list[TranscribeResult]:
-        frames = self._frames(requests)
+    def _transcribe_group(self, requests: list[TranscribeRequest], frames: int) -> list[TranscribeResult]:
+        """Requests with equal decoding options and context: one encode, one generate per temperature."""
         features = np.stack([self._mel(r.audio, frames) for r in requests])
         encoded = self._model.encode(self._ct2.StorageView.from_array(features), to_cpu=False)
         languages = self._languages_for(requests, encoded)
         todo = [i for i, r in enumerate(requests) if not r.options.language_detection_only]
         decoded: dict[int, tuple[Segment, list[int]]] = {}
-        if todo:
-            view = encoded if len(todo) == len(requests) else self._subset(encoded, todo)
-            prompts = [self._prompt(requests[i].options, languages[i][0]) for i in todo]
+        prompts = {i: self._prompt(requests[i].options, languages[i][0]) for i in todo}
+        # CTranslate2 needs <|startoftranscript|> at one position across a generate call: requests with
+        # previous text of different token lengths are decoded in separate calls over the same encoding.
+        by_sot: dict[int, list[int]] = defaultdict(list)
+        for i in todo:
+            by_sot[prompts[i].index(self._tok.sot)].append(i)
+        for part in by_sot.values():
+            view = encoded if len(part) == len(requests) else self._subset(encoded, part)
+            options = requests[part[0]].options  # equal generation options across the group
             for i, res in zip(
-                todo, self._generate_with_fallback(view, prompts, requests[0].options), strict=True
+                part, self._generate_with_fallback(view, [prompts[i] for i in part], options), strict=True
             ):
                 decoded[i] = res
         out = []
@@ -168,6 +177,12 @@ class CTranslate2Engine:
         return out
 
     def _subset(self, encoded: Any, indices: list[int]) -> Any:
+        """Rows of the encoder output as a host StorageView (CTranslate2 moves inputs to the model's device).
+
+        On a CUDA model the encoder output lives on the GPU, and CTranslate2 refuses to expose device memory
+        to numpy: it is copied to the host first."""
+        if encoded.device != "cpu":
+            encoded = encoded.to_device(self._ct2.Device.cpu)
         return self._ct2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[indices]))
 
     def _words(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Protocol
 
 import numpy as np
@@ -41,6 +41,20 @@ class DecodeOptions:
     max_new_tokens: int = 400
     word_timestamps: bool = False
     language_detection_only: bool = False
+
+
+# Options an engine applies to each request on its own (in its prompt, detection or post-processing); every
+# other field changes the decoding itself, so requests share a generate call only when all of those are equal.
+PER_REQUEST_OPTIONS = frozenset(
+    {"language", "language_options", "language_hint", "task", "prompt", "prefix", "word_timestamps",
+     "language_detection_only"}
+)  # fmt: skip
+
+
+def generation_key(options: DecodeOptions) -> tuple[object, ...]:
+    """The decoding options requests must share to be decoded together: any field a future change adds to
+    `DecodeOptions` is part of it unless listed in `PER_REQUEST_OPTIONS`."""
+    return tuple(getattr(options, f.name) for f in fields(options) if f.name not in PER_REQUEST_OPTIONS)
 
 
 @dataclass(frozen=True)

@@ -2,26 +2,38 @@
 
 `ModelRunnerCpp` (TensorRT-LLM's Python binding of its C++ executor, in-flight batching, paged KV cache) runs
 the encoder engine on our log-mel features and the decoder engine on our prompt ids, a whole batch at once.
-TensorRT-LLM is imported in `__init__` only, so this module imports (and the package tests) anywhere.
+TensorRT-LLM is imported in `__init__` only, so this module imports (and the package tests) anywhere. The
+runner class comes through one seam, `runner_class()`: TensorRT-LLM's own, or with
+WHISPER_STREAM_TRTLLM_RUNNER=faithful the CPU stand-in of `trtllm_cpu_runner` (same `from_dir`, `generate()`
+and output layout, backed by the default CTranslate2 model) on which CI runs this engine end to end.
 
-- Features: `whisper_stream.mel` (numpy, Whisper's exact definition), 128 bins for large-v3, the audio
-  zero-padded to the 30 s window (3000 frames) as OpenAI's models expect; passed as (frames, n_mels) fp16 with
-  `encoder_output_lengths = frames // 2` (the encoder's stride-2 conv).
+- Features: one batched `torch.stft` on the runner's device (`whisper_stream.mel.batch_window_features_torch`,
+  Whisper's exact definition), 128 bins for large-v3, each window zero-padded to 30 s (3000 frames) as
+  OpenAI's models expect; passed as (frames, n_mels) fp16 with `encoder_output_lengths = frames // 2`.
 - Prompt: `whisper_stream.whisper_tokens` (previous text, sot, language, task, no-timestamps, prefix), cut to
   the decoder's built `max_input_len`.
-- Language detection (`language=None`): a one-step decode of `[<|startoftranscript|>]` with
-  `output_generation_logits=True`; the language-token logits of that step pick the best of
-  `language_options` (`restricted_language`), and the same step's `<|nospeech|>` probability is Whisper's
-  no-speech probability. TensorRT-LLM only returns generation logits from a decoder built with
-  `--gather_generation_logits` (the build's default). Without it the engine falls back to the greedy language
-  token, if it is among the options, with its log-prob from `output_log_probs`.
+- First step, for every request, one shared one-step call with `output_generation_logits=True`: the prompt up
+  to `<|startoftranscript|>` (just `[sot]` where the language is detected). Its logits give Whisper's
+  no-speech probability (`<|nospeech|>` after sot) for every request, and the language where
+  `language=None` (softmax over the allowed language tokens, then `choose_language` with the stream's hint,
+  as the CPU engine). Generation logits are asked for in that call only: the decoder is built without
+  `--gather_generation_logits` (which would make *every* call return full-vocabulary logits) and the runner
+  gets the runtime flag `gather_generation_logits=True`, which lets a request ask for them.
+- Decode: `output_log_probs=True` (the executor fills cumulative log-probs only then); a window's
+  `avg_logprob` is the mean log-prob of its generated tokens, so the no-speech / log-prob guards, the
+  temperature fallback and `possible_hallucination` see the same signals as on the CPU engine.
 - Segment timestamps (engine `timestamps=True`, or requests asking for word timestamps): decode without
   `<|notimestamps|>` and cut at timestamp tokens. Word-level times need cross-attention alignment, which the
-  C++ runner does not expose: words stay empty.
+  C++ runner does not expose: `check_options` refuses them.
 - Temperature fallback as in the CPU engine (compression ratio / average log-prob), re-decoding only failures.
+- Multi-GPU Triton (KIND_AUTO makes one instance per GPU): `device_id` selects the GPU
+  (`torch.cuda.set_device` and `from_dir(device_ids=[device_id])`).
 
 Differences from openai-whisper's decoder, not hidden: no suppress-tokens / suppress-blank logit filters and
 no timestamp rules (the C++ sampler has no hook for them here), so timestamps come from the model unguided.
+The executor encodes the audio again in each `generate` call: the first-step call costs one encoder pass
+per batch on top of the decode (a logits post-processor reading the decode's own first step would save it;
+not done until it can be measured on a GPU).
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,12 +56,30 @@ from whisper_stream.engines.interface import (
     Segment,
     TranscribeRequest,
     TranscribeResult,
+    generation_key,
 )
 from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
-from whisper_stream.mel import N_FRAMES, window_features
-from whisper_stream.whisper_tokens import SpecialTokens, WhisperTokenizer, restricted_language, split_segments
+from whisper_stream.language import choose_language
+from whisper_stream.mel import N_FRAMES, batch_window_features_torch
+from whisper_stream.whisper_tokens import SpecialTokens, WhisperTokenizer, split_segments
 
 log = logging.getLogger(__name__)
+
+RUNNER_ENV = "WHISPER_STREAM_TRTLLM_RUNNER"  # "tensorrt_llm" (default) | "faithful" (the CPU stand-in)
+
+
+def runner_class(name: str | None = None) -> Any:
+    """The runner class the engine drives: the one seam between production and the CI stand-in."""
+    name = (name or os.environ.get(RUNNER_ENV) or "tensorrt_llm").strip().lower()
+    if name == "tensorrt_llm":
+        from tensorrt_llm.runtime import ModelRunnerCpp
+
+        return ModelRunnerCpp
+    if name == "faithful":
+        from whisper_stream.engines.trtllm_cpu_runner import ModelRunnerCpp
+
+        return ModelRunnerCpp
+    raise ValueError(f"{RUNNER_ENV}={name!r}: use tensorrt_llm or faithful")
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -71,10 +101,13 @@ class TensorRTLLMEngine:
         kv_cache_free_gpu_memory_fraction: float = 0.9,
         cross_kv_cache_fraction: float = 0.5,
         model_name: str | None = None,
+        device_id: int = 0,
+        runner: str | None = None,
     ) -> None:
         try:
             import torch
-            from tensorrt_llm.runtime import ModelRunnerCpp
+
+            runner_cls = runner_class(runner)
         except ImportError as e:
             raise RuntimeError(
                 "the tensorrt_llm engine needs TensorRT-LLM (<= 1.2.x, with the Whisper enc-dec path) "
@@ -95,13 +128,20 @@ class TensorRTLLMEngine:
         self.max_seq_len = int(dec["max_seq_len"])
         self.max_prompt_len = int(dec["max_input_len"])
         self.timestamps = timestamps
+        self.device_id = device_id
         manifest = self.engine_dir / "manifest.json"
         self.model_name = model_name or (
             json.loads(manifest.read_text()).get("model_name", "whisper") if manifest.is_file() else "whisper"
         )
-        built_with_logits = bool(dec.get("gather_generation_logits", False))
-        runner_kwargs: dict[str, Any] = {"gather_generation_logits": True} if built_with_logits else {}
-        self._runner = ModelRunnerCpp.from_dir(
+        if bool(dec.get("gather_generation_logits", False)):
+            log.warning(
+                "decoder built with --gather_generation_logits: every decode returns full-vocabulary logits "
+                "(GPU memory and copies); rebuild without it, the runtime flag is enough"
+            )
+        # The executor makes its engines on the current device; one Triton instance per GPU needs its own.
+        if torch.cuda.is_available():
+            torch.cuda.set_device(device_id)
+        self._runner = runner_cls.from_dir(
             engine_dir=str(self.engine_dir),
             is_enc_dec=True,
             max_batch_size=self.max_batch_size,
@@ -109,11 +149,13 @@ class TensorRTLLMEngine:
             max_beam_width=self.max_beam_width,
             kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
             cross_kv_cache_fraction=cross_kv_cache_fraction,
-            **runner_kwargs,
+            device_ids=[device_id],
+            # runtime flag only: lets the first-step call ask for logits, no other call returns them
+            gather_generation_logits=True,
         )
-        self.has_logits = built_with_logits or bool(getattr(self._runner, "gather_generation_logits", False))
-        if not self.has_logits:
-            log.warning("decoder built without --gather_generation_logits: language detection is greedy")
+        # ModelRunnerCpp always runs on CUDA (device_ids); the CPU stand-in says where its tensors live.
+        device = getattr(self._runner, "device", "cuda")
+        self.device = f"cuda:{device_id}" if device == "cuda" else device
 
     # -- Engine protocol ------------------------------------------------------------------------------
 
@@ -126,7 +168,7 @@ class TensorRTLLMEngine:
     async def close(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
-            await asyncio.to_thread(runner.executor.shutdown)
+            await asyncio.to_thread(_shutdown, runner)
 
     def check_options(self, options: DecodeOptions) -> None:
         """Raise ValueError for options this engine cannot honour (called at stream start)."""
@@ -154,31 +196,25 @@ class TensorRTLLMEngine:
 
     def _transcribe_batch(self, requests: list[TranscribeRequest]) -> list[TranscribeResult]:
         torch = self._torch
-        feats = [
-            torch.from_numpy(window_features(r.audio, self.n_mels, N_FRAMES, self.assets_dir).T.copy())
-            .to("cuda", torch.float16)
-            .contiguous()
-            for r in requests
-        ]
-        langs = self._languages(requests, feats)
+        mel = batch_window_features_torch(
+            [r.audio for r in requests], self.n_mels, N_FRAMES, self.device, self.assets_dir
+        )
+        feats = [m.T.to(torch.float16).contiguous() for m in mel]  # (frames, n_mels) per window
+        first = self._first_step(requests, feats)
         results: list[TranscribeResult | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
+            lang, prob, _ = first[i]
             if r.options.language_detection_only:
-                lang, prob, _ = langs[i]
                 results[i] = TranscribeResult(segments=(), language=lang, language_prob=prob)
             else:
-                o = r.options
-                ts = self.timestamps or o.word_timestamps
-                groups[
-                    (o.beam_width, o.length_penalty, o.repetition_penalty, o.no_repeat_ngram_size, ts)
-                ].append(i)
-        for (_, _, _, _, ts), idx in groups.items():
+                groups[_generation_key(r.options, self.timestamps or r.options.word_timestamps)].append(i)
+        for key, idx in groups.items():
             segs = self._decode_with_fallback(
-                [requests[i] for i in idx], [feats[i] for i in idx], [langs[i] for i in idx], ts
+                [requests[i] for i in idx], [feats[i] for i in idx], [first[i] for i in idx], key[-1]
             )
             for i, s in zip(idx, segs, strict=True):
-                results[i] = TranscribeResult(segments=s, language=langs[i][0], language_prob=langs[i][1])
+                results[i] = TranscribeResult(segments=s, language=first[i][0], language_prob=first[i][1])
         return results  # type: ignore[return-value]
 
     def _generate(
@@ -197,44 +233,45 @@ class TensorRTLLMEngine:
                 output_sequence_lengths=True,
                 **kwargs,
             )
-        torch.cuda.synchronize()
+        if str(self.device).startswith("cuda"):
+            torch.cuda.synchronize()
         return out
 
-    def _languages(
+    def _first_step(
         self, requests: list[TranscribeRequest], feats: list[Any]
     ) -> list[tuple[str, float | None, float]]:
-        """(language, language_prob, no_speech_prob) per request; detection only where language is None."""
-        langs: list[tuple[str, float | None, float]] = [
-            (r.options.language or "", None, 0.0) for r in requests
-        ]
-        todo = [i for i, r in enumerate(requests) if r.options.language is None]
-        if not todo:
-            return langs
-        sot = [[self.special.sot]] * len(todo)
-        f = [feats[i] for i in todo]
-        if self.has_logits:
-            out = self._generate(sot, f, 1, num_beams=1, output_generation_logits=True)
-            logits = out["generation_logits"][:, 0, 0, :].float().cpu().numpy()  # (batch, vocab)
-            for row, i in zip(logits, todo, strict=True):
-                lang, prob = restricted_language(
-                    row[: self.special.vocab_size], requests[i].options.language_options, self.special
-                )
-                z = row[: self.special.vocab_size].astype(np.float64)
-                no_speech = float(np.exp(z[self.special.no_speech] - np.logaddexp.reduce(z)))
-                langs[i] = (lang, prob, no_speech)
-            return langs
-        out = self._generate(sot, f, 1, num_beams=1, output_log_probs=True)
-        ids = out["output_ids"][:, 0, :].cpu().tolist()
-        lps = out["log_probs"][:, 0, :].cpu().tolist()
-        for seq, lp, i in zip(ids, lps, todo, strict=True):
-            options = requests[i].options.language_options
-            lang = self.special.language_of(seq[1] if seq[0] == self.special.sot else seq[0])
-            if lang is None or (options and lang not in options):
-                log.warning("greedy language %s not in %s; using %s", lang, options, (options or ("en",))[0])
-                langs[i] = ((options or ("en",))[0], 0.0, 0.0)
+        """(language, language_prob, no_speech_prob) per request, from one shared one-step call.
+
+        Whisper's no-speech probability is the softmax of `<|nospeech|>` at the `<|startoftranscript|>`
+        position, after any previous-text prompt; detection (language=None) uses `[sot]` alone, as
+        whisper's detect_language does, and reads that step's language logits.
+        """
+        sp = self.special
+        prompts = []
+        for r in requests:
+            o = r.options
+            if o.language is None:
+                prompts.append([sp.sot])
             else:
-                langs[i] = (lang, float(math.exp(lp[0])), 0.0)
-        return langs
+                full = self._prompt(o, o.language, False)
+                prompts.append(full[: full.index(sp.sot) + 1])
+        out = self._generate(prompts, feats, 1, num_beams=1, output_generation_logits=True)
+        logits = out["generation_logits"][:, 0, 0, : sp.vocab_size].float().cpu().numpy().astype(np.float64)
+        first: list[tuple[str, float | None, float]] = []
+        lang_lo = sp.sot + 1
+        for r, z in zip(requests, logits, strict=True):
+            no_speech = float(np.exp(z[sp.no_speech] - np.logaddexp.reduce(z)))
+            o = r.options
+            if o.language is not None:
+                first.append((o.language, None, no_speech))
+                continue
+            lz = z[lang_lo : lang_lo + sp.num_languages]
+            p = np.exp(lz - np.logaddexp.reduce(lz))
+            lang, prob = choose_language(
+                dict(zip(sp.languages, p.tolist(), strict=True)), o.language_options, o.language_hint
+            )
+            first.append((lang, prob, no_speech))
+        return first
 
     def _prompt(self, o: DecodeOptions, language: str, timestamps: bool) -> list[int]:
         return self.tokenizer.prompt(language, o.task, timestamps, o.prompt, o.prefix, self.max_prompt_len)
@@ -243,12 +280,12 @@ class TensorRTLLMEngine:
         self,
         requests: list[TranscribeRequest],
         feats: list[Any],
-        langs: list[tuple[str, float | None, float]],
+        first: list[tuple[str, float | None, float]],
         timestamps: bool,
     ) -> list[tuple[Segment, ...]]:
-        o = requests[0].options
+        o = requests[0].options  # the group shares every option that reaches generate()
         prompts = [
-            self._prompt(r.options, lang, timestamps) for r, (lang, _, _) in zip(requests, langs, strict=True)
+            self._prompt(r.options, lang, timestamps) for r, (lang, _, _) in zip(requests, first, strict=True)
         ]
         best: list[list[Segment] | None] = [None] * len(requests)
         pending = list(range(len(requests)))
@@ -267,17 +304,20 @@ class TensorRTLLMEngine:
                 length_penalty=o.length_penalty,
                 repetition_penalty=o.repetition_penalty,
                 no_repeat_ngram_size=o.no_repeat_ngram_size or None,
+                output_log_probs=True,  # the executor fills (cum_)log_probs only when these are asked for
                 output_cum_log_probs=True,
                 **sampling,
             )
             ids = out["output_ids"][:, 0, :].cpu().tolist()
             lens = out["sequence_lengths"][:, 0].cpu().tolist()
-            cum = out["cum_log_probs"][:, 0].cpu().tolist()
+            lps = out["log_probs"][:, 0, :].cpu().tolist()
             still = []
             for k, i in enumerate(pending):
-                tokens = _strip_prompt(ids[k][: lens[k]], prompts[i])
-                n = next((j for j, t in enumerate(tokens) if t == self.special.eot), len(tokens))
-                segs = self._segments(tokens[:n], requests[i], cum[k] / (n + 1), langs[i][2], temperature)
+                generated = _strip_prompt(ids[k][: lens[k]], prompts[i])
+                n = next((j for j, t in enumerate(generated) if t == self.special.eot), len(generated))
+                segs = self._segments(
+                    generated[:n], requests[i], average_logprob(lps[k], n), first[i][2], temperature
+                )
                 prev = best[i]
                 joined = _joined(segs, temperature)
                 if prev is None or preferable(joined, _joined(prev, temperature)):
@@ -315,6 +355,28 @@ class TensorRTLLMEngine:
                 )
             )
         return out
+
+
+def _generation_key(o: DecodeOptions, timestamps: bool) -> tuple[Any, ...]:
+    """`generation_key` plus the timestamps flag, last (it decides the prompts of the group)."""
+    return (*generation_key(o), timestamps)
+
+
+def average_logprob(log_probs: Sequence[float], n: int) -> float:
+    """Mean log-prob of the first n generated tokens (the executor returns none for the end token)."""
+    return float(sum(log_probs[:n]) / n) if n > 0 else 0.0
+
+
+def _shutdown(runner: Any) -> None:
+    """ModelRunnerCpp 1.1.0 keeps its executor in `.executor`; newer runners keep it in `.session`."""
+    for name in ("executor", "session"):
+        target = getattr(runner, name, None)
+        if target is not None and hasattr(target, "shutdown"):
+            target.shutdown()
+            return
+    log.warning(
+        "TensorRT-LLM runner %s has neither .executor nor .session to shut down", type(runner).__name__
+    )
 
 
 def _strip_prompt(tokens: list[int], prompt: list[int]) -> list[int]:

@@ -11,6 +11,7 @@ from whisper_stream.triton_whisper_model import (
     close_engine,
     config_parameters,
     create_engine,
+    option_errors,
     transcribe_blocking,
 )
 
@@ -32,7 +33,10 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.engine = create_engine(
-            config_parameters(config), args["model_instance_kind"], max(1, int(config["max_batch_size"]))
+            config_parameters(config),
+            args["model_instance_kind"],
+            max(1, int(config["max_batch_size"])),
+            device_id=int(args.get("model_instance_device_id") or 0),
         )
 
     def execute(self, requests):
@@ -40,10 +44,17 @@ class TritonPythonModel:
         windows, options, indices = [], [], []
         for i, request in enumerate(requests):
             try:
-                options.append(options_from_json(_text(request, "OPTIONS")))
+                decoded = options_from_json(_text(request, "OPTIONS"))
             except (ValueError, TypeError) as exc:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad OPTIONS: {exc}"))
                 continue
+            (problem,) = option_errors(self.engine, [decoded])
+            if problem is not None:  # this request only: the rest of the batch still runs
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"bad OPTIONS: {problem}")
+                )
+                continue
+            options.append(decoded)
             windows.append(
                 SpeechWindow(
                     audio=_input(request, "AUDIO").astype(np.float32, copy=False),

@@ -1,0 +1,107 @@
+"""TensorRTLLMEngine end to end on real speech, through the CPU stand-in faithful to ModelRunnerCpp 1.1.0.
+
+The stand-in (`whisper_stream.engines.trtllm_cpu_runner`) runs the default CTranslate2 Whisper model behind
+ModelRunnerCpp's `from_dir` / `generate()` / output layout, so the engine's whole production path (batched
+torch log-mel, first-step call, prompts, decode, log-prob parsing, fallback, segments) runs here. Its
+transcripts must equal the CPU engine's on the same audio (both on 30 s windows: the CPU engine without its
+adaptive context). One batch carries everything, to keep this under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the TensorRT-LLM engine's code path needs torch")
+
+from client.speech import load_audio, load_manifest  # noqa: E402
+from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest  # noqa: E402
+from whisper_stream.hallucination import is_silence, possible_hallucination  # noqa: E402
+
+ENGLISH = ["ls_1221-135766-0002", "ls_61-70968-0000", "lj_LJ002-0020"]
+
+
+@pytest.fixture(scope="module")
+def audio() -> dict[str, np.ndarray]:
+    m = {u.id: u for u in load_manifest()}
+    return {i: load_audio(m[i].path) for i in [*ENGLISH, "mfa_sv_u0016003", "mfa_mls_es_13697_11991_000000"]}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory):
+    from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
+    from whisper_stream.engines.trtllm_cpu_runner import make_engine_dir
+
+    return TensorRTLLMEngine(make_engine_dir(tmp_path_factory.mktemp("engine")), runner="faithful")
+
+
+@pytest.fixture(scope="module")
+def batch(audio: dict[str, np.ndarray]) -> list[TranscribeRequest]:
+    sv, es = audio["mfa_sv_u0016003"], audio["mfa_mls_es_13697_11991_000000"]
+    return [
+        *(TranscribeRequest(audio[i]) for i in ENGLISH),
+        TranscribeRequest(sv, DecodeOptions(language=None, language_options=("no", "sv"))),
+        TranscribeRequest(es, DecodeOptions(language=None, language_options=("es", "it"))),
+        TranscribeRequest(np.zeros(16000 * 2, np.float32)),  # silence that reached Whisper
+    ]
+
+
+@pytest.fixture(scope="module")
+def results(engine, batch):
+    return engine.transcribe_sync(batch)
+
+
+@pytest.fixture(scope="module")
+def cpu_results(batch):
+    from whisper_stream.engines.ctranslate2 import CTranslate2Engine
+
+    return CTranslate2Engine(adaptive_context=False).transcribe_sync(batch)
+
+
+def test_transcripts_equal_the_cpu_engine(results, cpu_results) -> None:
+    assert [r.text for r in results] == [r.text for r in cpu_results]
+    assert [r.language for r in results] == ["en"] * 3 + ["sv", "es", "en"]
+    assert all(r.text for r in results[:5])
+
+
+def test_languages_are_detected_within_the_options(results, cpu_results) -> None:
+    for got, want in zip(results[3:5], cpu_results[3:5], strict=True):
+        assert got.language == want.language and got.language_prob == pytest.approx(
+            want.language_prob, abs=0.05
+        )
+    assert all(r.language_prob is None for r in results[:3])
+
+
+def test_log_prob_and_no_speech_match_the_cpu_engine(results, cpu_results) -> None:
+    """On speech: confident, no guard fires; both signals within reach of the CPU engine's."""
+    for got, want in zip(results[:5], cpu_results[:5], strict=True):
+        (g,), (w,) = got.segments, want.segments
+        assert -0.6 < g.avg_logprob < 0 and g.avg_logprob == pytest.approx(w.avg_logprob, abs=0.15)
+        assert g.no_speech_prob == pytest.approx(w.no_speech_prob, abs=0.02)
+        assert not possible_hallucination(g)
+
+
+def test_silence_trips_whisper_s_no_speech_guard(results) -> None:
+    """Defects 1 and 2 together: with avg_logprob 0 and no_speech 0 this window's invented text passed."""
+    for seg in results[5].segments:
+        assert seg.no_speech_prob > 0.6 and is_silence(seg) and possible_hallucination(seg)
+
+
+def test_prompt_prefix_timestamps_and_beams(engine, audio) -> None:
+    clip = audio["ls_61-70968-0000"]
+    res = engine.transcribe_sync(
+        [
+            TranscribeRequest(clip, DecodeOptions(prefix="He began")),
+            TranscribeRequest(clip, DecodeOptions(prompt="The wizard of Oz.", beam_width=2)),
+            TranscribeRequest(
+                clip, DecodeOptions(word_timestamps=True)
+            ),  # segment times (engine refuses words)
+        ]
+    )
+    assert res[0].text.startswith("He began a confused complaint")
+    assert "wizard" in res[1].text.lower()
+    segs = res[2].segments
+    assert segs and 0.0 <= segs[0].start < segs[-1].end <= len(clip) / 16000 + 0.01
+    assert all(s.words == () for s in segs) and "wizard" in res[2].text.lower()
+    with pytest.raises(ValueError, match="show_word_timestamps"):
+        engine.check_options(DecodeOptions(word_timestamps=True))

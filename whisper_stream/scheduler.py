@@ -27,7 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from whisper_stream import metrics
-from whisper_stream.engines.interface import Engine, EngineUnavailable, TranscribeRequest, TranscribeResult
+from whisper_stream.engines.interface import (
+    Engine,
+    EngineUnavailable,
+    RequestError,
+    TranscribeRequest,
+    TranscribeResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +171,11 @@ class Scheduler:
                 self._wake.clear()
                 await self._wake.wait()
             await self._slots.acquire()
-            batch = self._next_batch()
+            try:
+                batch = self._next_batch()
+            except BaseException:
+                self._slots.release()  # the restarted loop must find its slot
+                raise
             if not batch:
                 self._slots.release()
                 continue
@@ -216,6 +226,9 @@ class Scheduler:
         total = sum(len(j.request.audio) for j in batch) or 1
         for job, result in zip(batch, results, strict=True):
             self._usage.setdefault(job.owner, _Usage()).add(model_s * len(job.request.audio) / total, now)
+            if isinstance(result, RequestError):
+                job.callback(None, f"transcription failed: {result}", None)
+                continue
             timing = {
                 "queue_s": round(queued_until - job.queued_at, 4),
                 "model_s": round(model_s, 4),

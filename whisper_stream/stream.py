@@ -64,12 +64,10 @@ class Runtime:
         self.active = 0
 
     def check_config(self, config: StreamConfig) -> None:
-        check = getattr(self.scheduler.engine, "check_options", None)
-        if check is not None:
-            try:
-                check(config.decode_options())
-            except ValueError as exc:
-                raise ConfigError(str(exc), unsupported=True) from None
+        try:
+            self.scheduler.engine.check_options(config.decode_options())
+        except ValueError as exc:
+            raise ConfigError(str(exc), unsupported=True) from None
 
 
 def _dumps(msg: dict[str, Any]) -> str:

@@ -292,7 +292,7 @@ def test_build_without_hash_verification_still_writes_the_manifest(
 def test_dockerfile_neither_imports_tensorrt_llm_nor_trips_over_pep_668() -> None:
     """Defect: `import tensorrt_llm` needs the CUDA driver (absent in docker build); the image's system
     Python refuses pip installs without PIP_BREAK_SYSTEM_PACKAGES."""
-    text = (Path(__file__).resolve().parents[1] / "build_engine" / "Dockerfile").read_text()
+    text = (Path(__file__).resolve().parents[2] / "build_engine" / "Dockerfile").read_text()
     runs = text.split("\nRUN ")[1:]
     assert runs and not any("import tensorrt_llm" in r for r in runs)
     assert "importlib.metadata" in text and "PIP_BREAK_SYSTEM_PACKAGES=1" in text

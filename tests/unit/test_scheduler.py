@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 from tests.unit.fakes import fake_result
-from whisper_stream.engines.interface import TranscribeRequest
+from whisper_stream.engines.interface import RequestError, TranscribeRequest
 from whisper_stream.scheduler import Job, Scheduler
 
 
@@ -83,3 +83,103 @@ async def test_cancel_forgets_a_stream():
         await asyncio.sleep(0.01)
     await scheduler.stop()
     assert got == ["b"]
+
+
+class PickyEngine(RecordingEngine):
+    """Fails any call that holds the poisoned request; answers the rest."""
+
+    def __init__(self, poison: float, wrong_count: bool = False) -> None:
+        super().__init__()
+        self.gate.set()
+        self.poison, self.wrong_count = poison, wrong_count
+
+    async def transcribe(self, requests):
+        lengths = [len(r.audio) / 16000 for r in requests]
+        self.calls.append(lengths)
+        if self.poison in lengths:
+            raise RuntimeError("cannot decode this one")
+        results = [fake_result(r) for r in requests]
+        return results[:-1] if self.wrong_count and len(results) > 1 else results
+
+
+async def _run_all(scheduler: Scheduler, jobs: list[Job], expected: int, got: list) -> None:
+    scheduler.start()
+    for job in jobs:
+        scheduler.submit(job)
+    for _ in range(200):
+        if len(got) == expected:
+            break
+        await asyncio.sleep(0.01)
+    await scheduler.stop()
+
+
+async def test_a_failing_request_fails_alone_and_its_batch_neighbours_get_their_results():
+    engine = PickyEngine(poison=2.0)
+    got: dict[str, tuple[bool, str | None]] = {}
+    jobs = [
+        Job(owner, "final", request(s), lambda r, e, t, o=owner: got.__setitem__(o, (r is not None, e)))
+        for owner, s in (("a", 1.0), ("b", 2.0), ("c", 3.0))
+    ]
+    await _run_all(Scheduler(engine), jobs, 3, got)  # type: ignore[arg-type]
+    assert engine.calls[0] == [1.0, 2.0, 3.0]  # one batch, which fails, then each alone
+    assert got["a"] == (True, None) and got["c"] == (True, None)
+    assert got["b"][0] is False and "cannot decode this one" in got["b"][1]
+
+
+async def test_a_wrong_result_count_fails_nobody_silently():
+    engine = PickyEngine(poison=-1.0, wrong_count=True)
+    got: list[bool] = []
+    jobs = [
+        Job(o, "final", request(1.0 + i), lambda r, e, t: got.append(r is not None))
+        for i, o in enumerate("ab")
+    ]
+    await _run_all(Scheduler(engine), jobs, 2, got)
+    assert sorted(got) == [True, True]  # the short answer is not paired up; each is retried alone
+
+
+async def test_a_request_error_item_fails_only_that_request():
+    class OneBad(RecordingEngine):
+        async def transcribe(self, requests):
+            return [
+                RequestError("bad language") if len(r.audio) == 32000 else fake_result(r) for r in requests
+            ]
+
+    got: dict[str, str | None] = {}
+    jobs = [
+        Job(o, "final", request(s), lambda r, e, t, o=o: got.__setitem__(o, e))
+        for o, s in (("a", 1.0), ("b", 2.0))
+    ]
+    await _run_all(Scheduler(OneBad()), jobs, 2, got)
+    assert got["a"] is None and "bad language" in (got["b"] or "")
+
+
+async def test_a_dead_scheduling_task_fails_queued_work_reports_unhealthy_and_restarts():
+    engine = RecordingEngine()
+    engine.gate.set()
+    scheduler = Scheduler(engine)
+    got: list[str | None] = []
+    health: list[bool] = []
+
+    def boom() -> bool:
+        raise RuntimeError("bug while choosing a batch")
+
+    def failed(r, e, t) -> None:
+        got.append(e)
+        health.append(scheduler.healthy)  # what /health reports while the requests are failed
+
+    scheduler.start()
+    scheduler.submit(Job("a", "final", request(1.0), failed))
+    scheduler.submit(Job("b", "partial", request(1.0), lambda r, e, t: got.append(e), wanted=boom))
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep(0.01)
+    assert got and "scheduler error" in (got[0] or "") and health == [False]
+    got.clear()
+    scheduler.submit(Job("c", "final", request(1.0), lambda r, e, t: got.append(e)))  # after the restart
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep(0.01)
+    await scheduler.stop()
+    assert got == [None] and scheduler.healthy

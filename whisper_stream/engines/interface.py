@@ -98,12 +98,19 @@ class EngineUnavailable(RuntimeError):
     """The engine cannot serve now (e.g. Triton down); streams get an error, the server stays up."""
 
 
+class RequestError(RuntimeError):
+    """One request's own failure, returned in its place so the rest of the batch is unaffected."""
+
+
 class Engine(Protocol):
     """A batched Whisper engine.
 
-    `transcribe` returns one result per request, in order. `max_batch_size` bounds one call;
-    `max_inflight` says how many calls the scheduler may have running at once (1 for an in-process
-    engine that uses all cores, more for a remote server that batches on its side).
+    `transcribe` returns one item per request, in order: its result, or a `RequestError` when that request
+    alone failed (raising fails the whole call; the scheduler then retries its requests one by one).
+    `check_options` raises ValueError, at stream start, for options the engine cannot honour: an option is
+    refused, never silently ignored. `max_batch_size` bounds one call; `max_inflight` says how many calls
+    the scheduler may have running at once (1 for an in-process engine that uses all cores, more for a
+    remote server that batches on its side).
     """
 
     name: str
@@ -111,7 +118,11 @@ class Engine(Protocol):
     max_batch_size: int
     max_inflight: int
 
-    async def transcribe(self, requests: Sequence[TranscribeRequest]) -> list[TranscribeResult]: ...
+    def check_options(self, options: DecodeOptions) -> None: ...
+
+    async def transcribe(
+        self, requests: Sequence[TranscribeRequest]
+    ) -> list[TranscribeResult | RequestError]: ...
 
     async def ready(self) -> bool: ...
 

@@ -20,13 +20,16 @@ import numpy as np
 
 from whisper_stream.endpointer import VadOptions
 from whisper_stream.engines.interface import (
+    DecodeOptions,
     EngineUnavailable,
+    RequestError,
     TranscribeRequest,
     TranscribeResult,
     options_to_json,
     result_from_json,
 )
 from whisper_stream.ensemble_vad import vad_options_to_json
+from whisper_stream.whisper_tokens import LANGUAGE_CODES
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,16 @@ class TritonEngine:
 
     # -- Engine protocol ------------------------------------------------------------------------------
 
-    async def transcribe(self, requests: Sequence[TranscribeRequest]) -> list[TranscribeResult]:
+    def check_options(self, options: DecodeOptions) -> None:
+        """What is knowable on this side of Triton: language codes Whisper has. What only the engine behind
+        the ensemble knows (e.g. word timestamps on TensorRT-LLM) fails that stream's requests alone."""
+        for lang in ([options.language] if options.language else []) + list(options.language_options):
+            if lang not in LANGUAGE_CODES:
+                raise ValueError(f"language {lang!r} is not a Whisper language")
+
+    async def transcribe(
+        self, requests: Sequence[TranscribeRequest]
+    ) -> list[TranscribeResult | RequestError]:
         if not requests:
             return []
         client = self._connect()
@@ -85,9 +97,13 @@ class TritonEngine:
         failures = [r for r in results if isinstance(r, BaseException)]
         if any(isinstance(f, ConnectionLost) for f in failures):
             await self._drop(client)
-        if failures:
-            raise failures[0]
-        return results  # type: ignore[return-value]
+        for failure in failures:  # the server is gone: every request fails the same way
+            if isinstance(failure, (ConnectionLost, EngineUnavailable)):
+                raise failure
+        return [  # a request the model refused fails alone
+            RequestError(str(r)) if isinstance(r, BaseException) else r  # type: ignore[misc]
+            for r in results
+        ]
 
     async def ready(self) -> bool:
         client = self._connect()

@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from whisper_stream.engines.interface import DecodeOptions
 
@@ -22,7 +32,8 @@ DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "300" is no number and "yes" no boolean (JSON arrays still fill the tuple fields)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class VadConfig(_Strict):
@@ -49,7 +60,12 @@ class SamplingParams(_Strict):
     repetition_penalty: float = Field(1.01, ge=0.5, le=3.0)
     beam_search_diversity_rate: float = Field(0.0, ge=0.0, le=10.0)
     no_repeat_ngram_size: int = Field(0, ge=0, le=20)
-    sampling_temperatures: tuple[float, ...] = Field(DEFAULT_TEMPERATURES, min_length=1, max_length=10)
+    sampling_temperatures: tuple[StrictFloat | StrictInt, ...] = Field(
+        DEFAULT_TEMPERATURES,
+        min_length=1,
+        max_length=10,
+        strict=False,  # a JSON array; each item strict
+    )
     max_new_tokens: int = Field(400, ge=1, le=440)
 
     @field_validator("sampling_temperatures")
@@ -57,7 +73,7 @@ class SamplingParams(_Strict):
     def _temperatures(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         if any(t < 0 or t > 2 for t in v):
             raise ValueError("each temperature must be between 0 and 2")
-        return v
+        return tuple(float(t) for t in v)
 
 
 class WhisperParams(_Strict):
@@ -66,7 +82,7 @@ class WhisperParams(_Strict):
     audio_language: str = "en"
     output_language: str = "auto"
     language_detection_only: bool = False
-    language_options: tuple[str, ...] = ()
+    language_options: tuple[StrictStr, ...] = Field((), max_length=100, strict=False)
     use_dynamic_preprocessing: bool = False
     show_word_timestamps: bool = False
     enable_vad: bool = True
@@ -202,18 +218,35 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def _describe(error: dict[str, Any]) -> str:
+ECHO_CHARS = 80  # an error quotes at most this much of the offending value (a 15 MB prompt is not echoed)
+
+
+def short(value: Any) -> str:
+    """`repr(value)`, cut to ECHO_CHARS: what error messages quote of client input."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"<{type(value).__name__}>"
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
+
+
+def _loc(error: dict[str, Any], alias: str | None) -> str:
     loc = ".".join(str(p) for p in error["loc"]) or "metadata"
+    if alias and loc.startswith("streaming_vad_config"):  # name the key the client actually sent
+        loc = alias + loc[len("streaming_vad_config") :]
+    return loc
+
+
+def _describe(error: dict[str, Any], alias: str | None) -> str:
+    loc = _loc(error, alias)
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"unknown field {loc!r}"
+        return f"unknown field {short(loc)}"
     if kind == "literal_error":
         allowed = error.get("ctx", {}).get("expected", "")
-        return f"{loc}: got {error.get('input')!r}, allowed values: {allowed}"
+        return f"{loc}: got {short(error.get('input'))}, allowed values: {allowed}"
     ctx = error.get("ctx") or {}
     bounds = [f"{k.replace('_', ' ')} {v}" for k, v in ctx.items() if k in ("ge", "gt", "le", "lt")]
     bound_text = f" (allowed: {', '.join(bounds)})" if bounds else ""
-    return f"{loc}: {error['msg']}{bound_text}; got {error.get('input')!r}"
+    message = str(error["msg"])[: ECHO_CHARS * 2]
+    return f"{loc}: {message}{bound_text}; got {short(error.get('input'))}"
 
 
 def parse_metadata(raw: Any) -> StreamConfig:
@@ -225,11 +258,8 @@ def parse_metadata(raw: Any) -> StreamConfig:
     except ValidationError as exc:
         errors = exc.errors()
         alias = "vad_params" if "vad_params" in raw else None
-        loc = ".".join(str(p) for p in errors[0]["loc"]) or None
-        message = "; ".join(_describe(e) for e in errors[:5])
-        if alias:  # name the key the client actually sent
-            message = message.replace("streaming_vad_config", alias)
-            loc = loc.replace("streaming_vad_config", alias) if loc else loc
+        loc = _loc(errors[0], alias) if errors[0]["loc"] else None
+        message = "; ".join(_describe(e, alias) for e in errors[:5])
         raise ConfigError(f"invalid metadata: {message}", field=loc) from None
     for field, default in NOT_IMPLEMENTED.items():
         value = _get(config, field)

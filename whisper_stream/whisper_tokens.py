@@ -44,6 +44,17 @@ N_TIMESTAMPS = 1501
 TIME_PRECISION = 0.02
 N_TEXT_CTX = 448  # decoder positions of every Whisper model
 MAX_PREV_TOKENS = N_TEXT_CTX // 2 - 1  # whisper keeps at most 223 tokens of previous text
+# A forced prefix is decoded as part of every request's output: bounded so that one stream cannot make each
+# of its decodes cost many times another's (a 500-emoji prefix took 24 s of a 2-core CPU per utterance).
+MAX_PREFIX_TOKENS = 64
+
+
+def check_prefix_tokens(n_tokens: int) -> None:
+    """Raise ValueError (a stream refused at its start) for a prefix over MAX_PREFIX_TOKENS."""
+    if n_tokens > MAX_PREFIX_TOKENS:
+        raise ValueError(f"prefix is {n_tokens} tokens long; at most {MAX_PREFIX_TOKENS} are accepted")
+
+
 # GPT-2's pre-tokenizer pattern, as openai-whisper gives it to tiktoken.
 _PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 

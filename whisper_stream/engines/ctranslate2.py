@@ -33,6 +33,7 @@ from whisper_stream.engines.interface import (
 from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
 from whisper_stream.language import choose_language
 from whisper_stream.model_source import resolve_model
+from whisper_stream.whisper_tokens import check_prefix_tokens
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class CTranslate2Engine:
                 )
         if not self.multilingual and (options.language is None or options.task == "translate"):
             raise ValueError(f"model {self.model_name} is English-only: no language detection or translation")
+        if options.prefix.strip():
+            check_prefix_tokens(len(self._tok.encode(" " + options.prefix.strip())))
 
     def transcribe_sync(self, requests: Sequence[TranscribeRequest]) -> list[TranscribeResult]:
         results: list[TranscribeResult | None] = [None] * len(requests)

@@ -61,7 +61,12 @@ from whisper_stream.engines.interface import (
 from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
 from whisper_stream.language import choose_language
 from whisper_stream.mel import N_FRAMES, batch_window_features_torch
-from whisper_stream.whisper_tokens import SpecialTokens, WhisperTokenizer, split_segments
+from whisper_stream.whisper_tokens import (
+    SpecialTokens,
+    WhisperTokenizer,
+    check_prefix_tokens,
+    split_segments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +179,8 @@ class TensorRTLLMEngine:
         """Raise ValueError for options this engine cannot honour (called at stream start)."""
         for lang in ([options.language] if options.language else []) + list(options.language_options):
             self.special.language_token(lang)
+        if options.prefix.strip():
+            check_prefix_tokens(len(self.tokenizer.encode(" " + options.prefix.strip())))
         if options.word_timestamps:
             raise ValueError(
                 "show_word_timestamps is not available with the TensorRT-LLM engine: its C++ runner "

@@ -24,9 +24,9 @@ class InOrder(Generic[T, P]):
         self._held: P | None = None
 
     @property
-    def outstanding(self) -> bool:
-        """Whether any final has been requested and not released yet."""
-        return bool(self._order)
+    def outstanding(self) -> int:
+        """How many finals have been requested and not released yet."""
+        return len(self._order)
 
     def expect(self, request_id: int) -> None:
         self._order.append(request_id)

@@ -17,7 +17,7 @@ import numpy as np
 
 from whisper_stream.endpointer import VadOptions, trim_to_speech
 from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest, TranscribeResult
-from whisper_stream.vad import CONTEXT, FRAME, SileroModel
+from whisper_stream.vad import SileroModel, to_frames
 
 
 @dataclass(frozen=True)
@@ -39,26 +39,9 @@ def batch_probabilities(model: SileroModel, windows: Sequence[np.ndarray]) -> li
     """Speech probability per 512-sample frame of each window, all windows in lockstep.
 
     One ONNX call per frame serves the whole batch (Silero batches across streams), so a batch of B windows
-    costs about as many calls as its longest window. Shorter windows are zero-padded at the end, which
-    cannot change their earlier probabilities (the model is causal); the padded frames are dropped.
-    Equal to `model.probabilities(w)` for each window.
+    costs about as many calls as its longest window. Equal to `model.probabilities(w)` for each window.
     """
-    counts = [-(-len(w) // FRAME) for w in windows]
-    steps = max(counts, default=0)
-    if steps == 0:
-        return [np.zeros(0, dtype=np.float32) for _ in windows]
-    batch = len(windows)
-    frames = np.zeros((batch, steps * FRAME), dtype=np.float32)
-    for row, window in zip(frames, windows, strict=True):
-        row[: len(window)] = window
-    probs = np.empty((batch, steps), dtype=np.float32)
-    state = np.zeros((2, batch, 128), dtype=np.float32)
-    context = np.zeros((batch, CONTEXT), dtype=np.float32)
-    for i in range(steps):
-        chunk = frames[:, i * FRAME : (i + 1) * FRAME]
-        probs[:, i], state = model.run(np.concatenate([context, chunk], axis=1), state)
-        context = chunk[:, -CONTEXT:]
-    return [probs[b, : counts[b]] for b in range(batch)]
+    return model.run_streams([model.stream() for _ in windows], [to_frames(w) for w in windows])
 
 
 def trim_windows(

@@ -22,7 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from whisper_stream import metrics, web_page
+from whisper_stream import auth, metrics, web_page
 from whisper_stream.engines import create_engine
 from whisper_stream.engines.interface import Engine
 from whisper_stream.scheduler import Scheduler
@@ -33,7 +33,6 @@ from whisper_stream.vad import SileroModel
 log = logging.getLogger(__name__)
 
 WEBSOCKET_PATH = re.compile(r"^/(v1/websocket|environments/[^/]+/websocket|deployment/[^/]+/websocket)/?$")
-HARD_MAX_FRAME = 16 << 20  # beyond this websockets itself closes with 1009 before we see the frame
 
 
 class WebsocketTransport:
@@ -62,17 +61,18 @@ def build_runtime(settings: ServerSettings, engine: Engine | None = None) -> Run
     limits = Limits(
         max_frame_bytes=settings.max_frame_bytes,
         max_streams=settings.max_streams,
+        max_streams_per_client=settings.max_streams_per_client,
+        admit_max_delay_s=settings.admit_max_delay_s,
+        max_lag_s=settings.max_lag_s,
         idle_timeout_s=settings.idle_timeout_s,
+        drain_timeout_s=settings.drain_timeout_s,
     )
     return Runtime(scheduler, SileroModel(), limits)
 
 
-def _authorized(request: Request, api_key: str | None) -> bool:
-    """The Authorization header, or what a browser can send instead (see `web_page.authorized`)."""
-    return web_page.authorized(request, api_key)
-
-
-def request_router(runtime: Runtime, api_key: str | None) -> Callable[..., Awaitable[Response | None]]:
+def request_router(
+    runtime: Runtime, api_key: str | None, protect_metrics: bool = False
+) -> Callable[..., Awaitable[Response | None]]:
     page = web_page.WebPage(api_key_required=bool(api_key))
 
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
@@ -80,17 +80,23 @@ def request_router(runtime: Runtime, api_key: str | None) -> Callable[..., Await
         if (static := page.response(request)) is not None:
             return static
         if path == "/metrics":
+            if protect_metrics and not auth.authorized(request, api_key):
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key\n")
             body, content_type = metrics.exposition()
             response = connection.respond(http.HTTPStatus.OK, body.decode())
             response.headers["Content-Type"] = content_type
             return response
         if path in ("/health", "/healthz", "/v1/health"):
+            if runtime.draining:
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+            if not runtime.scheduler.healthy:
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "scheduler restarting\n")
             ready = await runtime.scheduler.engine.ready()
             status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
             return connection.respond(status, "ready\n" if ready else "engine not ready\n")
         if not WEBSOCKET_PATH.match(path):
             return connection.respond(http.HTTPStatus.NOT_FOUND, "use /v1/websocket\n")
-        if not _authorized(request, api_key):
+        if not auth.authorized(request, api_key):
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key\n")
         return None
 
@@ -119,15 +125,20 @@ async def start_server(
     runtime.scheduler.start()
 
     async def handler(ws: ServerConnection) -> None:
-        await serve_stream(WebsocketTransport(ws), runtime)
+        await serve_stream(WebsocketTransport(ws), runtime, auth.client_address(ws.remote_address))
 
+    limits = runtime.limits
     return await serve(
         handler,
         sock=sock or listen(settings.host, settings.port),
-        process_request=request_router(runtime, settings.api_key),
-        select_subprotocol=web_page.select_subprotocol,
-        max_size=HARD_MAX_FRAME,
-        max_queue=64,
+        process_request=request_router(runtime, settings.api_key, settings.protect_metrics),
+        select_subprotocol=auth.select_subprotocol,
+        # Bounded buffers (see stream.py for the per-stream total): frames up to twice the audio limit
+        # still reach the stream, which answers with an error frame; beyond that websockets closes (1009).
+        max_size=max(2 * limits.max_frame_bytes, limits.max_text_bytes),
+        max_queue=2,
+        write_limit=64 << 10,
+        compression=None,  # permessage-deflate would let 1 KB on the wire carry 1 MiB of audio to decode
         ping_interval=20,
         ping_timeout=60,
     )
@@ -154,7 +165,12 @@ async def run(settings: ServerSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     await stop
-    server.close()
+    log.info(
+        "shutting down: draining %d streams (at most %g s)", runtime.active, runtime.limits.drain_timeout_s
+    )
+    await runtime.drain()  # new streams get 1013 and /health 503 meanwhile; each stream's last final
+    server.close(close_connections=False)
     await server.wait_closed()
     await runtime.scheduler.stop()
+    runtime.frontend.close()
     await engine.close()

@@ -25,7 +25,7 @@ import numpy as np
 
 from whisper_stream import messages
 from whisper_stream.audio import AudioDecoder, normalize_loudness
-from whisper_stream.config import StreamConfig
+from whisper_stream.config import StreamConfig, short
 from whisper_stream.delivery import InOrder
 from whisper_stream.endpointer import Endpointer, silence_frames
 from whisper_stream.engines.interface import SAMPLE_RATE, TranscribeRequest, TranscribeResult
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MIN_SPEECH_FRAMES = 5  # less speech than 160 ms is a click or a breath, not a word: never sent to Whisper
 CUT_SEARCH_S = 3.0  # a forced cut looks for the quietest frame within the last seconds of the segment
+TRACE_ID_CHARS = 256  # a trace_id is echoed back: longer ones are refused, not echoed
 PREVIOUS_TEXT_CHARS = 600  # bound on the previous finals used as prompt (~150 tokens, half Whisper's limit)
 
 
@@ -92,8 +93,12 @@ class Session:
         vad: SpeechProbability,
         *,
         stream_id: str | None = None,
+        max_partial_lag_s: float | None = None,
     ) -> None:
+        """`max_partial_lag_s`: above this much lag (`lag_s`) no partial is requested, so a stream that
+        falls behind spends the engine on its finals first."""
         self.config = config
+        self._max_partial_lag_s = max_partial_lag_s
         self.stream_id = stream_id or config.stream_id
         self._vad = vad
         v, s = config.streaming_vad_config, config.streaming_params
@@ -136,6 +141,7 @@ class Session:
         self._delivery: InOrder[_Done, _Done] = InOrder()
         self._covered_s = 0.0  # end of the audio the latest sent transcription covers
         self._ending = False
+        self._going_away = False
         self.finished = False
 
     # -- properties ------------------------------------------------------------------------------------
@@ -158,28 +164,47 @@ class Session:
 
     # -- events ------------------------------------------------------------------------------------------
 
+    @property
+    def accepting_audio(self) -> bool:
+        """False after end_audio: more audio only gets a recoverable error (`feed_audio`)."""
+        return not self._ending
+
+    @property
+    def finals_in_flight(self) -> int:
+        """Finals requested and not yet sent: a driver stops reading audio at its cap (backpressure)."""
+        return self._delivery.outstanding
+
     def feed_audio(self, data: bytes, now: float) -> list[Action]:
+        """Audio bytes in, actions out, with the session's own VAD (`take_frames` + `on_frames` in one)."""
         if self._ending:
             return [self._error("STREAM_ERROR", "audio after end_audio is ignored", True, now)]
-        return self._feed_samples(self._decoder.decode(data))
+        frames = self.take_frames(data)
+        return self.on_frames(frames, self._vad(frames)) if len(frames) else []
 
-    def add_processing_time(self, seconds: float) -> None:
-        """Time the caller measured for feed_audio (decoding + VAD): reported with include_timing_info."""
-        self._processing_s += seconds
+    def take_frames(self, data: bytes) -> np.ndarray:
+        """Decode and resample audio bytes into whole VAD frames [n, 512]; the remainder waits for more.
 
-    def _feed_samples(self, samples: np.ndarray) -> list[Action]:
+        The costly half of `feed_audio`, separable so a driver can run it off the event loop and batch the
+        VAD of many streams before `on_frames`."""
+        return self._split(self._decoder.decode(data))
+
+    def _split(self, samples: np.ndarray) -> np.ndarray:
         if len(self._tail):
             samples = np.concatenate([self._tail, samples])
         n = len(samples) // FRAME
         self._tail = samples[n * FRAME :].copy()
-        if n == 0:
-            return []
-        frames = samples[: n * FRAME].reshape(n, FRAME)
-        probs = self._vad(frames)
+        return samples[: n * FRAME].reshape(n, FRAME)
+
+    def on_frames(self, frames: np.ndarray, probs: np.ndarray) -> list[Action]:
+        """Whole frames from `take_frames` with their speech probabilities, in stream order."""
         actions: list[Action] = []
         for frame, p in zip(frames, probs, strict=True):
             actions += self._on_frame(frame, float(p))
         return actions
+
+    def add_processing_time(self, seconds: float) -> None:
+        """Time the caller measured for feed_audio (decoding + VAD): reported with include_timing_info."""
+        self._processing_s += seconds
 
     def handle_text(self, text: str, now: float) -> list[Action]:
         """A text frame after the metadata: a control message, or a recoverable error."""
@@ -187,7 +212,7 @@ class Session:
             return self.finalize()
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's parser goes
             return [
                 self._error(
                     "STREAM_ERROR",
@@ -201,16 +226,22 @@ class Session:
         if msg.get("terminate_session") is True:  # LiveKit's end-of-stream signal
             return self.end_audio(now)
         kind = msg.get("type")
+        trace_id = msg.get("trace_id")
+        if not (
+            trace_id is None or isinstance(trace_id, (str, int)) and len(str(trace_id)) <= TRACE_ID_CHARS
+        ):
+            message = f"trace_id must be a string of at most {TRACE_ID_CHARS} characters"
+            return [self._error("STREAM_ERROR", message, True, now)]
         if kind == "end_audio":
-            return self.end_audio(now, msg.get("trace_id"))
+            return self.end_audio(now, trace_id)
         if kind == "finalize":
             return self.finalize()
         if kind == "health_check":
-            return [Send(messages.health(msg.get("trace_id"), now, self.stream_id, self.lag_s))]
+            return [Send(messages.health(trace_id, now, self.stream_id, self.lag_s))]
         return [
             self._error(
                 "STREAM_ERROR",
-                f"unknown control message type {kind!r}; expected one of "
+                f"unknown control message type {short(kind)}; expected one of "
                 "'end_audio', 'finalize', 'health_check'",
                 True,
                 now,
@@ -220,8 +251,20 @@ class Session:
     def end_audio(self, now: float, trace_id: Any = None) -> list[Action]:
         if self._ending:
             return []
-        actions: list[Action] = [Send(messages.end_audio("acknowledged", trace_id))]
-        actions += self._feed_samples(self._decoder.flush())
+        return [Send(messages.end_audio("acknowledged", trace_id)), *self._end()]
+
+    def shutdown(self) -> list[Action]:
+        """The server is going away: the speech so far becomes its final, then Close(1001) once every final
+        is sent (a stream already ending after end_audio finishes as usual)."""
+        if self._ending:
+            return []
+        self._going_away = True
+        return self._end()
+
+    def _end(self) -> list[Action]:
+        actions: list[Action] = []
+        frames = self._split(self._decoder.flush())
+        actions += self.on_frames(frames, self._vad(frames)) if len(frames) else []
         if len(self._tail):
             padded = np.zeros(FRAME, dtype=np.float32)
             padded[: len(self._tail)] = self._tail
@@ -321,6 +364,7 @@ class Session:
             self._partials
             and self._ep.in_speech
             and self._partial_inflight is None
+            and self._lag_allows_partials()
             and self._since_partial >= self._partial_every
             and not self._ending
         ):
@@ -341,10 +385,14 @@ class Session:
             self._partials
             and self._ep.speech_frames
             and self._partial_inflight is None
+            and self._lag_allows_partials()
             and self._since_partial >= self._partial_every
         ):
             return [self._request("partial", self._seg_start, self._buf_end)]
         return []
+
+    def _lag_allows_partials(self) -> bool:
+        return self._max_partial_lag_s is None or self.lag_s <= self._max_partial_lag_s
 
     def _forced_cut(self) -> list[Action]:
         """Final for the first part of a too-long segment, cut at its quietest recent frame."""
@@ -524,6 +572,8 @@ class Session:
     def _maybe_finish(self) -> list[Action]:
         if self._ending and not self._delivery.outstanding and not self.finished:
             self.finished = True
+            if self._going_away:
+                return [Close(1001, "server is shutting down")]
             return [Send(messages.end_audio("finished")), Close(1000, "end of audio")]
         return []
 

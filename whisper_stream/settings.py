@@ -46,7 +46,20 @@ class ServerSettings(BaseSettings):
         description="when set, clients must send Authorization: Api-Key <key> (or Bearer <key>); "
         "browsers send it as a subprotocol or ?api_key=<key> (README: Browser page)",
     )
-    max_streams: int = Field(64, ge=1, description="most concurrent streams; more are closed with 1013")
+    max_streams: int = Field(
+        64, ge=1, description="hard cap on concurrent streams (memory: see README); more get 1013"
+    )
+    max_streams_per_client: int = Field(16, ge=1, description="concurrent streams per client address")
+    admit_max_delay_s: float = Field(
+        3.0, gt=0, description="refuse new streams (1013) while finals wait longer than this for the engine"
+    )
+    max_lag_s: float = Field(
+        30.0, gt=0, description="unprocessed audio per stream: partials stop at half, beyond it 1013"
+    )
+    drain_timeout_s: float = Field(
+        25.0, ge=0, description="on SIGTERM/SIGINT, time for each stream's last final before closing (1001)"
+    )
+    protect_metrics: bool = Field(False, description="GET /metrics needs the API key too")
     max_frame_bytes: int = Field(1 << 20, ge=1024, description="largest binary frame (bytes); larger: 1009")
     partial_max_wait_s: float = Field(
         10.0, gt=0, description="a partial queued longer than this is dropped unrun (stale)"
@@ -55,6 +68,13 @@ class ServerSettings(BaseSettings):
         60.0, gt=0, description="close a stream that sends nothing (audio or health_check) this long"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_empty_key(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("an empty API key would switch authentication off: leave the setting out")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -65,12 +66,33 @@ class SileroModel:
     def stream(self) -> SileroStream:
         return SileroStream(self)
 
+    def run_streams(self, streams: Sequence[SileroStream], frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Frames [n_i, 512] of several streams in lockstep: one ONNX call per step serves every stream that
+        still has a frame, and each stream's state and context advance exactly as if it ran alone."""
+        counts = [len(f) for f in frames]
+        probs = [np.empty(n, dtype=np.float32) for n in counts]
+        for step in range(max(counts, default=0)):
+            rows = [i for i, n in enumerate(counts) if n > step]
+            inputs = np.stack([np.concatenate([streams[i]._context, frames[i][step]]) for i in rows])
+            state = np.concatenate([streams[i]._state for i in rows], axis=1)
+            out, state = self.run(inputs, state)
+            for k, i in enumerate(rows):
+                probs[i][step] = out[k]
+                streams[i]._state = state[:, k : k + 1]
+                streams[i]._context = frames[i][step][-CONTEXT:]
+        return probs
+
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """Speech probability per 512-sample frame of a whole window (zero-padded to a full frame)."""
-        n = -(-len(audio) // FRAME)
-        frames = np.zeros(n * FRAME, dtype=np.float32)
-        frames[: len(audio)] = audio
-        return self.stream()(frames.reshape(n, FRAME)) if n else np.zeros(0, dtype=np.float32)
+        return self.stream()(to_frames(audio))
+
+
+def to_frames(audio: np.ndarray) -> np.ndarray:
+    """A window as [n, 512] frames, its last frame zero-padded."""
+    n = -(-len(audio) // FRAME)
+    frames = np.zeros(n * FRAME, dtype=np.float32)
+    frames[: len(audio)] = audio
+    return frames.reshape(n, FRAME)
 
 
 class SileroStream:
@@ -82,10 +104,4 @@ class SileroStream:
         self._context = np.zeros(CONTEXT, dtype=np.float32)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        probs = np.empty(len(frames), dtype=np.float32)
-        for i, frame in enumerate(frames):
-            inp = np.concatenate([self._context, frame])[None, :]
-            p, self._state = self._model.run(inp, self._state)
-            probs[i] = p[0]
-            self._context = frame[-CONTEXT:]
-        return probs
+        return self._model.run_streams([self], [frames])[0]

@@ -1,24 +1,16 @@
-"""The browser page (`GET /`) and the ways a browser can pass the API key.
-
-The page is plain files in `whisper_stream/web/` (no build step, no CDN): served as they are, from memory,
-with a Content-Security-Policy that lets the page talk to this server only. Browsers cannot set headers on a
-WebSocket, so besides `Authorization: Api-Key K` / `Bearer K` the server accepts the key as
-`Sec-WebSocket-Protocol: api-key, K` (the page's way: it stays out of URLs and access logs) or as the query
-parameter `?api_key=K` (simplest, but URLs end up in logs and history).
+"""The browser page (`GET /`): plain files in `whisper_stream/web/` (no build step, no CDN), served as they
+are, from memory, with a Content-Security-Policy that lets the page talk to this server only. How a browser
+passes the API key: `auth.py`.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-from collections.abc import Sequence
 from importlib import resources
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
-
-KEY_SUBPROTOCOL = "api-key"  # offered together with the key itself: ["api-key", KEY]
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -71,31 +63,3 @@ class WebPage:
             ]
         )
         return Response(200, "OK", headers, body)
-
-
-def _same(given: str, api_key: str) -> bool:
-    return hmac.compare_digest(given.encode(), api_key.encode())
-
-
-def offered_subprotocols(request: Request) -> list[str]:
-    return [p.strip() for v in request.headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",")]
-
-
-def authorized(request: Request, api_key: str | None) -> bool:
-    """Authorization header (Api-Key/Bearer), the subprotocol pair `api-key, KEY`, or `?api_key=KEY`."""
-    if not api_key:
-        return True
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() in ("api-key", "bearer") and _same(token.strip(), api_key):
-        return True
-    offered = offered_subprotocols(request)
-    if KEY_SUBPROTOCOL in offered and any(_same(p, api_key) for p in offered if p != KEY_SUBPROTOCOL):
-        return True
-    return any(_same(k, api_key) for k in parse_qs(urlsplit(request.path).query).get("api_key", []))
-
-
-def select_subprotocol(connection: object, subprotocols: Sequence[str]) -> str | None:
-    """Answer `api-key` when the client offered it (a browser fails the handshake otherwise); never the key.
-
-    Other offers get no subprotocol, as before: clients that offer their own keep working."""
-    return KEY_SUBPROTOCOL if KEY_SUBPROTOCOL in subprotocols else None

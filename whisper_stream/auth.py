@@ -1,0 +1,55 @@
+"""Who may open a stream: the API key, however a client can send it, compared in constant time.
+
+Headers: `Authorization: Api-Key K` or `Bearer K` (exactly one Authorization header). Browsers cannot set
+headers on a WebSocket, so the key is also accepted as `Sec-WebSocket-Protocol: api-key, K` (the page's way:
+it stays out of URLs and access logs) or as the query parameter `?api_key=K` (simplest, but URLs end up in
+logs and history).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.http11 import Request
+
+KEY_SUBPROTOCOL = "api-key"  # offered together with the key itself: ["api-key", KEY]
+
+
+def _same(given: str, api_key: str) -> bool:
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+def offered_subprotocols(request: Request) -> list[str]:
+    return [p.strip() for v in request.headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",")]
+
+
+def authorized(request: Request, api_key: str | None) -> bool:
+    """Authorization header (Api-Key/Bearer), the subprotocol pair `api-key, KEY`, or `?api_key=KEY`."""
+    if not api_key:
+        return True
+    headers = request.headers.get_all("Authorization")
+    if len(headers) > 1:
+        return False  # ambiguous: which one would a proxy have checked?
+    scheme, _, token = (headers[0] if headers else "").partition(" ")
+    if scheme.lower() in ("api-key", "bearer") and _same(token.strip(), api_key):
+        return True
+    offered = offered_subprotocols(request)
+    if KEY_SUBPROTOCOL in offered and any(_same(p, api_key) for p in offered if p != KEY_SUBPROTOCOL):
+        return True
+    return any(_same(k, api_key) for k in parse_qs(urlsplit(request.path).query).get("api_key", []))
+
+
+def select_subprotocol(connection: object, subprotocols: Sequence[str]) -> str | None:
+    """Answer `api-key` when the client offered it (a browser fails the handshake otherwise); never the key.
+
+    Other offers get no subprotocol, as before: clients that offer their own keep working."""
+    return KEY_SUBPROTOCOL if KEY_SUBPROTOCOL in subprotocols else None
+
+
+def client_address(address: object) -> str:
+    """What the per-client stream limit counts: the peer's IP address (a server behind a proxy sees the
+    proxy's; there the proxy, e.g. Baseten's, enforces its own per-client limits)."""
+    host = address[0] if isinstance(address, tuple) and address else address
+    return str(host or "")

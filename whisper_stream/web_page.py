@@ -2,9 +2,10 @@
 
 The page is plain files in `whisper_stream/web/` (no build step, no CDN): served as they are, from memory,
 with a Content-Security-Policy that lets the page talk to this server only. Browsers cannot set headers on a
-WebSocket, so besides `Authorization: Api-Key K` / `Bearer K` the server accepts the key as
-`Sec-WebSocket-Protocol: api-key, K` (the page's way: it stays out of URLs and access logs) or as the query
-parameter `?api_key=K` (simplest, but URLs end up in logs and history).
+WebSocket, so besides `Authorization: Api-Key K` / `Bearer K` / `Token K` (Deepgram's) the server accepts
+the key as `Sec-WebSocket-Protocol: api-key, K` (the page's way: it stays out of URLs and access logs),
+Deepgram's `token, K`, OpenAI's `realtime, openai-insecure-api-key.K`, or the query parameter `?api_key=K`
+(simplest, but URLs end up in logs and history).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 KEY_SUBPROTOCOL = "api-key"  # offered together with the key itself: ["api-key", KEY]
+DEEPGRAM_SUBPROTOCOL = "token"  # Deepgram's browser form: ["token", KEY]
+OPENAI_SUBPROTOCOL = "realtime"  # OpenAI's browser form: ["realtime", "openai-insecure-api-key." + KEY]
+OPENAI_KEY_PREFIX = "openai-insecure-api-key."
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -86,10 +90,13 @@ def authorized(request: Request, api_key: str | None) -> bool:
     if not api_key:
         return True
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() in ("api-key", "bearer") and _same(token.strip(), api_key):
+    if scheme.lower() in ("api-key", "bearer", "token") and _same(token.strip(), api_key):
         return True
     offered = offered_subprotocols(request)
-    if KEY_SUBPROTOCOL in offered and any(_same(p, api_key) for p in offered if p != KEY_SUBPROTOCOL):
+    for marker in (KEY_SUBPROTOCOL, DEEPGRAM_SUBPROTOCOL):
+        if marker in offered and any(_same(p, api_key) for p in offered if p != marker):
+            return True
+    if any(p.startswith(OPENAI_KEY_PREFIX) and _same(p[len(OPENAI_KEY_PREFIX) :], api_key) for p in offered):
         return True
     return any(_same(k, api_key) for k in parse_qs(urlsplit(request.path).query).get("api_key", []))
 
@@ -97,5 +104,9 @@ def authorized(request: Request, api_key: str | None) -> bool:
 def select_subprotocol(connection: object, subprotocols: Sequence[str]) -> str | None:
     """Answer `api-key` when the client offered it (a browser fails the handshake otherwise); never the key.
 
-    Other offers get no subprotocol, as before: clients that offer their own keep working."""
-    return KEY_SUBPROTOCOL if KEY_SUBPROTOCOL in subprotocols else None
+    Deepgram's `token` and OpenAI's `realtime` are answered the same way. Other offers get no subprotocol,
+    as before: clients that offer their own keep working."""
+    for marker in (KEY_SUBPROTOCOL, DEEPGRAM_SUBPROTOCOL, OPENAI_SUBPROTOCOL):
+        if marker in subprotocols:
+            return marker
+    return None

@@ -171,8 +171,9 @@ def parse_params(query: str) -> Options:
                 + (f" (only {name}={REFUSED[name]})" if REFUSED[name] else ""),
                 name,
             )
-        elif name in ACCEPTED:
-            warnings.append({"parameter": name, "type": "accepted_not_applied", "message": ACCEPTED[name]})
+        elif name in ACCEPTED or name in REFUSED:  # a REFUSED one here has its one harmless value
+            note = ACCEPTED.get(name, f"{value} only")
+            warnings.append({"parameter": name, "type": "accepted_not_applied", "message": note})
         elif name in MAPPED:
             single[name] = value
         elif name in ("token", "api_key"):
@@ -518,7 +519,8 @@ class DeepgramProtocol:
                 if punctuate:
                     word["punctuated_word"] = w["word"]
                 words.append(word)
-        transcript = msg["transcript"] if punctuate else " ".join(w["word"] for w in words)
+        plain = " ".join(p for p in (_plain(t) for t in msg["transcript"].split()) if p)
+        transcript = msg["transcript"] if punctuate else plain
         final = info.kind == "final"
         if final and words:
             self._last_word_end[channel] = words[-1]["end"]

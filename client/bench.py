@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from client import bench_metrics as bm
+from client import wire
 from client.local_server import LocalServer
 from client.protocol import add_stream_options, metadata_from_args, stream_pcm
 from client.speech import DATA_ENV, JoinedStream, Utterance, join_utterances, load_manifest, to_pcm16, wer
@@ -159,15 +160,29 @@ async def run_level(
             "utterance_ids": [u.id for u in js.utterances],
         }
         try:
-            res = await stream_pcm(
-                target.url,
-                meta,
-                to_pcm16(js.audio),
-                speed=args.speed,
-                api_key=target.api_key,
-                timeout_s=args.drain_timeout_s,
-                on_progress=progress.tracker(),
-            )
+            protocol = getattr(args, "protocol", "baseten")
+            if protocol == "baseten":
+                res = await stream_pcm(
+                    target.url,
+                    meta,
+                    to_pcm16(js.audio),
+                    speed=args.speed,
+                    api_key=target.api_key,
+                    timeout_s=args.drain_timeout_s,
+                    on_progress=progress.tracker(),
+                )
+            else:
+                stream = wire.stream_deepgram if protocol == "deepgram" else wire.stream_openai
+                res = await stream(
+                    target.url,
+                    to_pcm16(js.audio),
+                    speed=args.speed,
+                    language=args.language,
+                    partials=bool(meta["streaming_params"].get("enable_partial_transcripts")),
+                    api_key=target.api_key,
+                    timeout_s=args.drain_timeout_s,
+                    on_progress=progress.tracker(),
+                )
         except Exception as exc:  # noqa: BLE001 - one failed stream is a result, not the end of the run
             return {
                 **info,
@@ -491,6 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ids streamed but not scored (references that are other recognisers' output never are)",
     )
     p.add_argument("--speed", type=float, default=1.0, help="pace: 1 = real time (default)")
+    p.add_argument(
+        "--protocol",
+        choices=wire.PROTOCOLS,
+        default="baseten",
+        help="wire protocol: baseten (default), deepgram (/v1/listen) or openai (/v1/realtime "
+        "?intent=transcription); the same figures for each, so a hosted Deepgram or OpenAI endpoint compares",
+    )
     p.add_argument("--stagger-s", type=float, default=0.25, help="start stream i this many seconds x i later")
     p.add_argument("--rest-s", type=float, default=1.0, help="pause between runs")
     add_stream_options(

@@ -1,9 +1,10 @@
 """Who may open a stream: the API key, however a client can send it, compared in constant time.
 
-Headers: `Authorization: Api-Key K` or `Bearer K` (exactly one Authorization header). Browsers cannot set
-headers on a WebSocket, so the key is also accepted as `Sec-WebSocket-Protocol: api-key, K` (the page's way:
-it stays out of URLs and access logs) or as the query parameter `?api_key=K` (simplest, but URLs end up in
-logs and history).
+Headers: `Authorization: Api-Key K`, `Bearer K` or `Token K` (Deepgram's), exactly one Authorization header.
+Browsers cannot set headers on a WebSocket, so the key is also accepted as `Sec-WebSocket-Protocol: api-key,
+K` (the page's way: it stays out of URLs and access logs), Deepgram's `token, K`, OpenAI's `realtime,
+openai-insecure-api-key.K`, or the query parameter `?api_key=K` (simplest, but URLs end up in logs and
+history).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.http11 import Request
 
 KEY_SUBPROTOCOL = "api-key"  # offered together with the key itself: ["api-key", KEY]
+DEEPGRAM_SUBPROTOCOL = "token"  # Deepgram's browser form: ["token", KEY]
+OPENAI_SUBPROTOCOL = "realtime"  # OpenAI's browser form: ["realtime", "openai-insecure-api-key." + KEY]
+OPENAI_KEY_PREFIX = "openai-insecure-api-key."
 
 
 def _same(given: str, api_key: str) -> bool:
@@ -26,26 +30,31 @@ def offered_subprotocols(request: Request) -> list[str]:
 
 
 def authorized(request: Request, api_key: str | None) -> bool:
-    """Authorization header (Api-Key/Bearer), the subprotocol pair `api-key, KEY`, or `?api_key=KEY`."""
+    """Any of the forms above carrying the key; True when the server has no key."""
     if not api_key:
         return True
     headers = request.headers.get_all("Authorization")
     if len(headers) > 1:
         return False  # ambiguous: which one would a proxy have checked?
     scheme, _, token = (headers[0] if headers else "").partition(" ")
-    if scheme.lower() in ("api-key", "bearer") and _same(token.strip(), api_key):
+    if scheme.lower() in ("api-key", "bearer", "token") and _same(token.strip(), api_key):
         return True
     offered = offered_subprotocols(request)
-    if KEY_SUBPROTOCOL in offered and any(_same(p, api_key) for p in offered if p != KEY_SUBPROTOCOL):
+    for marker in (KEY_SUBPROTOCOL, DEEPGRAM_SUBPROTOCOL):
+        if marker in offered and any(_same(p, api_key) for p in offered if p != marker):
+            return True
+    if any(p.startswith(OPENAI_KEY_PREFIX) and _same(p[len(OPENAI_KEY_PREFIX) :], api_key) for p in offered):
         return True
     return any(_same(k, api_key) for k in parse_qs(urlsplit(request.path).query).get("api_key", []))
 
 
 def select_subprotocol(connection: object, subprotocols: Sequence[str]) -> str | None:
-    """Answer `api-key` when the client offered it (a browser fails the handshake otherwise); never the key.
-
-    Other offers get no subprotocol, as before: clients that offer their own keep working."""
-    return KEY_SUBPROTOCOL if KEY_SUBPROTOCOL in subprotocols else None
+    """Answer the marker the client offered (a browser fails the handshake otherwise); never the key.
+    Other offers get no subprotocol: clients that offer their own keep working."""
+    for marker in (KEY_SUBPROTOCOL, DEEPGRAM_SUBPROTOCOL, OPENAI_SUBPROTOCOL):
+        if marker in subprotocols:
+            return marker
+    return None
 
 
 def client_address(address: object) -> str:

@@ -249,6 +249,40 @@ def _describe(error: dict[str, Any], alias: str | None) -> str:
     return f"{loc}: {message}{bound_text}; got {short(error.get('input'))}"
 
 
+UPDATABLE = ("streaming_vad_config", "streaming_params", "whisper_params")
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def merge_update(config: StreamConfig, changes: Any) -> StreamConfig:
+    """A mid-stream `update_config`: the keys given (same shape as the metadata) over the current config,
+    validated like metadata. Only the three blocks may change (`vad_params` is accepted for the first)."""
+    if not isinstance(changes, dict) or not changes:
+        raise ConfigError(
+            "update_config needs a body object with the keys to change, e.g. "
+            '{"whisper_params": {"prompt": "..."}}',
+            field="body",
+        )
+    changes = dict(changes)
+    if "vad_params" in changes:
+        changes["streaming_vad_config"] = changes.pop("vad_params")
+    unknown = sorted(set(changes) - set(UPDATABLE))
+    if unknown:
+        raise ConfigError(
+            f"update_config cannot change {', '.join(unknown)}; it accepts {', '.join(UPDATABLE)}",
+            field=unknown[0],
+        )
+    return parse_metadata(_merge(config.model_dump(), changes))
+
+
 def parse_metadata(raw: Any) -> StreamConfig:
     """Validate the first frame (already JSON-decoded). Raises ConfigError naming the field."""
     if not isinstance(raw, dict):

@@ -12,6 +12,7 @@ Memory: nothing per stream beyond the frames of the message in progress.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,8 +30,12 @@ class FrontEnd:
         self._waiting: list[tuple[SileroStream, np.ndarray, asyncio.Future[np.ndarray]]] = []
         self._running = False
 
-    async def feed(self, session: Session, vad: SileroStream, data: bytes) -> list[Action]:
-        """`session.feed_audio` with the costly parts in the pool; `vad` is the session's VAD stream."""
+    async def feed(self, session: Session, data: bytes) -> list[Action]:
+        """`session.feed_audio` with the costly parts in the pool and its VAD batched with other streams'
+        (a session on another VAD, e.g. a test's, runs `feed_audio` as it is)."""
+        vad = session.vad
+        if not isinstance(vad, SileroStream):
+            return session.feed_audio(data, time.time())
         loop = asyncio.get_running_loop()
         frames = await loop.run_in_executor(self._pool, session.take_frames, data)
         if not len(frames):

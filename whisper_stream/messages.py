@@ -103,6 +103,11 @@ def end_audio(status: str, trace_id: Any = None) -> dict[str, Any]:
     return {"type": "end_audio", "trace_id": trace_id, "body": {"status": status}}
 
 
+def update_config(status: str, trace_id: Any = None) -> dict[str, Any]:
+    """The answer to `update_config`: `applied` (no utterance open) or `pending_utterance_end`."""
+    return {"type": "update_config", "trace_id": trace_id, "body": {"status": status}}
+
+
 def health(trace_id: Any, now: float, stream_id: str | None, lag_s: float) -> dict[str, Any]:
     return {
         "type": "health_check",

@@ -1,10 +1,11 @@
 """The standalone WebSocket server: a thin `websockets` adapter around `stream.serve_stream`.
 
 Paths: `/v1/websocket` (the Truss path), and Baseten's public forms `/environments/{env}/websocket` and
-`/deployment/{id}/websocket`, so a URL copied from Baseten works locally. `GET /health` answers 200 when
-the engine is ready and 503 otherwise; `GET /metrics` is Prometheus' text format. Any websockets client
-version works: the legacy client's `extra_headers=` and the current `additional_headers=` only differ on the
-client side.
+`/deployment/{id}/websocket`, so a URL copied from Baseten works locally. `/v1/listen` speaks Deepgram's
+live API and `/v1/realtime?intent=transcription` OpenAI's Realtime transcription (`protocols/`).
+`GET /health` answers 200 when the engine is ready and 503 otherwise; `GET /metrics` is Prometheus' text
+format. Any websockets client version works: the legacy client's `extra_headers=` and the current
+`additional_headers=` only differ on the client side.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from whisper_stream import auth, metrics, web_page
+from whisper_stream import auth, metrics, protocols, web_page
 from whisper_stream.engines import create_engine
 from whisper_stream.engines.interface import Engine
 from whisper_stream.scheduler import Scheduler
@@ -94,10 +95,18 @@ def request_router(
             ready = await runtime.scheduler.engine.ready()
             status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
             return connection.respond(status, "ready\n" if ready else "engine not ready\n")
-        if not WEBSOCKET_PATH.match(path):
+        other = path.rstrip("/") in protocols.PATHS
+        if not WEBSOCKET_PATH.match(path) and not other:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "use /v1/websocket\n")
         if not auth.authorized(request, api_key):
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key\n")
+        if other and (refused := protocols.handshake(request.path, runtime)) is not None:
+            status, body, headers = refused
+            response = connection.respond(http.HTTPStatus(status), body)
+            response.headers["Content-Type"] = "application/json"
+            for name, value in headers.items():
+                response.headers[name] = value
+            return response
         return None
 
     return process_request
@@ -125,7 +134,8 @@ async def start_server(
     runtime.scheduler.start()
 
     async def handler(ws: ServerConnection) -> None:
-        await serve_stream(WebsocketTransport(ws), runtime, auth.client_address(ws.remote_address))
+        protocol = protocols.open_protocol(ws.request.path, runtime) if ws.request else None
+        await serve_stream(WebsocketTransport(ws), runtime, auth.client_address(ws.remote_address), protocol)
 
     limits = runtime.limits
     return await serve(

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
 from whisper_stream import messages
 from whisper_stream.audio import AudioDecoder, normalize_loudness
-from whisper_stream.config import StreamConfig, short
+from whisper_stream.config import ConfigError, StreamConfig, merge_update, short
 from whisper_stream.delivery import InOrder
 from whisper_stream.endpointer import Endpointer, silence_frames
 from whisper_stream.engines.interface import SAMPLE_RATE, TranscribeRequest, TranscribeResult
@@ -40,9 +41,24 @@ TRACE_ID_CHARS = 256  # a trace_id is echoed back: longer ones are refused, not 
 PREVIOUS_TEXT_CHARS = 600  # bound on the previous finals used as prompt (~150 tokens, half Whisper's limit)
 
 
+Cause = Literal["endpoint", "finalize", "max_duration", "end_of_audio"]
+
+
+@dataclass(frozen=True)
+class TranscriptInfo:
+    """What a transcription message is, for protocols that report more than Baseten's shape carries."""
+
+    kind: Literal["partial", "final"]
+    segment: int
+    start_s: float
+    end_s: float
+    cause: Cause | None = None  # finals: why the segment ended
+
+
 @dataclass(frozen=True)
 class Send:
     message: dict[str, Any]
+    info: TranscriptInfo | None = field(default=None, compare=False)  # set on transcription messages
 
 
 @dataclass(frozen=True)
@@ -61,7 +77,21 @@ class Close:
     reason: str
 
 
-Action = Send | Transcribe | Close
+@dataclass(frozen=True)
+class Event:
+    """Only with `Session(events=True)`: turn events that other protocols report (Baseten's has none).
+
+    speech_started: VAD onset at `time_s`; speech_stopped: the endpointer ended the utterance, `time_s` is
+    its end; utterance_end: `utterance_end_ms` of audio without speech followed the speech that ended at
+    `time_s` and all its finals were sent; final_empty: a final whose transcript was empty (nothing else
+    is sent for it)."""
+
+    kind: Literal["speech_started", "speech_stopped", "utterance_end", "final_empty"]
+    time_s: float
+    info: TranscriptInfo | None = None
+
+
+Action = Send | Transcribe | Close | Event
 
 
 @dataclass
@@ -74,6 +104,7 @@ class _Pending:
     continues: bool = False  # a forced cut: the utterance goes on in the next segment
     known_language: tuple[str, float | None] | None = None  # language reused from the utterance's first chunk
     processing_s: float = 0.0  # audio decoding + VAD time spent on this segment's audio
+    cause: Cause | None = None
 
 
 @dataclass
@@ -94,29 +125,28 @@ class Session:
         *,
         stream_id: str | None = None,
         max_partial_lag_s: float | None = None,
+        events: bool = False,
+        end_on_silence: bool = True,
+        utterance_end_ms: int | None = None,
+        check_config: Callable[[StreamConfig], None] | None = None,
     ) -> None:
         """`max_partial_lag_s`: above this much lag (`lag_s`) no partial is requested, so a stream that
-        falls behind spends the engine on its finals first."""
-        self.config = config
+        falls behind spends the engine on its finals first. `events`: also emit `Event` actions;
+        `end_on_silence` False: only finalize (or the maximum duration) ends an utterance (client-committed
+        turns); `utterance_end_ms`: emit utterance_end events; `check_config`: the engine's check of an
+        `update_config` (raises ConfigError)."""
         self._max_partial_lag_s = max_partial_lag_s
         self.stream_id = stream_id or config.stream_id
         self._vad = vad
-        v, s = config.streaming_vad_config, config.streaming_params
-        self._threshold = v.threshold
-        self._ep = Endpointer(v.threshold, silence_frames(v.min_silence_duration_ms))
-        self._pad = v.speech_pad_ms * SAMPLE_RATE // 1000
-        self._max_samples = int(s.final_transcript_max_duration_s * SAMPLE_RATE)
-        self._partials = s.enable_partial_transcripts
-        self._partial_every = int(s.partial_transcript_interval_s * SAMPLE_RATE)
-        self._skip_hallucinated_partials = s.skip_partial_if_hallucination
-        w = config.whisper_params
-        self._use_vad = w.enable_vad
-        self._normalize = w.use_dynamic_preprocessing
-        self._chunk_language = w.enable_chunk_level_language_detection
-        self._condition = w.condition_on_previous_finals
-        self._timing = config.include_timing_info or s.include_pipeline_latency_metric
-        self._options = config.decode_options()
-        self._partial_options = replace(self._options, temperatures=self._options.temperatures[:1])
+        self._events = events
+        self._check_config = check_config
+        self._next: tuple[StreamConfig, bool, int | None] | None = (
+            None  # update waiting for the utterance end
+        )
+        self._ep = Endpointer(0.5, 1)
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._apply(config, end_on_silence, utterance_end_ms)
+        s = config.streaming_params
         self._previous_text = ""  # recent finals, for conditioning
         self._utterance_language: tuple[str, float | None] | None = None
         self._last_language: str | None = None  # of the latest final with text: a hint for detection
@@ -125,7 +155,7 @@ class Session:
         self._decoder = AudioDecoder(s.encoding, s.sample_rate)
         self._tail = np.zeros(0, dtype=np.float32)  # samples not yet forming a whole VAD frame
         # Audio buffer: stream samples [_buf_start, _buf_start + _buf_len).
-        self._buf = np.zeros(self._max_samples + 2 * self._pad + 4 * SAMPLE_RATE, dtype=np.float32)
+        self._buf = np.zeros(self._buffer_size(), dtype=np.float32)
         self._buf_start = 0
         self._buf_len = 0
         self._frame_probs: list[float] = []  # VAD probability per frame of the open segment
@@ -140,9 +170,96 @@ class Session:
         self._partial_inflight: int | None = None
         self._delivery: InOrder[_Done, _Done] = InOrder()
         self._covered_s = 0.0  # end of the audio the latest sent transcription covers
+        self._speech_end: int | None = None  # end of the latest utterance, until utterance_end is reported
         self._ending = False
         self._going_away = False
         self.finished = False
+
+    def _apply(self, config: StreamConfig, end_on_silence: bool, utterance_end_ms: int | None) -> None:
+        """Take `config` (and the turn settings) for what follows; called between utterances only."""
+        self.config = config
+        v, s = config.streaming_vad_config, config.streaming_params
+        self._threshold = v.threshold
+        self._end_on_silence = end_on_silence
+        never = 1 << 40  # client-committed turns: no silence is long enough
+        self._ep = Endpointer(
+            v.threshold, silence_frames(v.min_silence_duration_ms) if end_on_silence else never
+        )
+        self._utterance_end = None if utterance_end_ms is None else utterance_end_ms * SAMPLE_RATE // 1000
+        self._pad = v.speech_pad_ms * SAMPLE_RATE // 1000
+        self._max_samples = int(s.final_transcript_max_duration_s * SAMPLE_RATE)
+        self._partials = s.enable_partial_transcripts
+        self._partial_every = int(s.partial_transcript_interval_s * SAMPLE_RATE)
+        self._skip_hallucinated_partials = s.skip_partial_if_hallucination
+        w = config.whisper_params
+        self._use_vad = w.enable_vad
+        self._normalize = w.use_dynamic_preprocessing
+        self._chunk_language = w.enable_chunk_level_language_detection
+        self._condition = w.condition_on_previous_finals
+        self._timing = config.include_timing_info or s.include_pipeline_latency_metric
+        self._options = config.decode_options()
+        self._partial_options = replace(self._options, temperatures=self._options.temperatures[:1])
+        if len(self._buf) and self._buffer_size() > len(self._buf):  # a longer maximum or padding: grow
+            grown = np.zeros(self._buffer_size(), dtype=np.float32)
+            grown[: self._buf_len] = self._buf[: self._buf_len]
+            self._buf = grown
+
+    def _buffer_size(self) -> int:
+        return self._max_samples + 2 * self._pad + 4 * SAMPLE_RATE
+
+    def update_config(
+        self, config: StreamConfig, *, end_on_silence: bool | None = None, utterance_end_ms: int | None = -1
+    ) -> bool:
+        """New settings (prompt, language, VAD, partials...) from the next utterance on: now when no
+        utterance is open, else when it ends (its final keeps the settings it started with). The audio
+        format cannot change mid-stream (ConfigError). Returns whether the settings apply now."""
+        old = self.config.streaming_params
+        new = config.streaming_params
+        for name in ("encoding", "sample_rate"):
+            if getattr(new, name) != getattr(old, name):
+                raise ConfigError(
+                    f"streaming_params.{name} cannot change mid-stream (reconnect for another audio format)",
+                    field=f"streaming_params.{name}",
+                    unsupported=True,
+                )
+        if config.whisper_params.enable_vad != self.config.whisper_params.enable_vad:
+            raise ConfigError(
+                "whisper_params.enable_vad cannot change mid-stream",
+                field="whisper_params.enable_vad",
+                unsupported=True,
+            )
+        if self._check_config is not None:
+            self._check_config(config)
+        ending = self._end_on_silence if end_on_silence is None else end_on_silence
+        ue_samples = self._utterance_end
+        ue = (
+            (None if ue_samples is None else ue_samples * 1000 // SAMPLE_RATE)
+            if utterance_end_ms == -1
+            else (utterance_end_ms)
+        )
+        if self._ep.in_speech:
+            self._next = (config, ending, ue)
+            return False
+        self._next = None
+        self._apply(config, ending, ue)
+        return True
+
+    def clear(self) -> list[Action]:
+        """Drop the open utterance without transcribing it (its partial, if any, goes stale)."""
+        if self._ep.in_speech:
+            self._ep.close()
+            self._frame_probs = []
+            self._floor = self._buf_end
+            self._segment += 1
+            self._utterance_language = None
+            self._apply_pending()
+        self._trim(self._buf_end - self._pad)
+        return []
+
+    def _apply_pending(self) -> None:
+        if self._next is not None:
+            self._apply(*self._next)
+            self._next = None
 
     # -- properties ------------------------------------------------------------------------------------
 
@@ -163,6 +280,11 @@ class Session:
         return self.received_s - self._covered_s
 
     # -- events ------------------------------------------------------------------------------------------
+
+    @property
+    def vad(self) -> SpeechProbability:
+        """The speech-probability model this session's audio goes through (a driver may batch it)."""
+        return self._vad
 
     @property
     def accepting_audio(self) -> bool:
@@ -238,15 +360,27 @@ class Session:
             return self.finalize()
         if kind == "health_check":
             return [Send(messages.health(trace_id, now, self.stream_id, self.lag_s))]
+        if kind == "update_config":
+            return self._update_from_message(msg, now)
         return [
             self._error(
                 "STREAM_ERROR",
                 f"unknown control message type {short(kind)}; expected one of "
-                "'end_audio', 'finalize', 'health_check'",
+                "'end_audio', 'finalize', 'health_check', 'update_config'",
                 True,
                 now,
             )
         ]
+
+    def _update_from_message(self, msg: dict[str, Any], now: float) -> list[Action]:
+        """Baseten protocol: `{"type": "update_config", "body": {<metadata keys to change>}}`."""
+        try:
+            config = merge_update(self.config, msg.get("body"))
+            applied = self.update_config(config)
+        except ConfigError as exc:
+            return [self._error("CONFIGURATION_ERROR", str(exc), True, now, field=exc.field)]
+        status = "applied" if applied else "pending_utterance_end"
+        return [Send(messages.update_config(status, msg.get("trace_id")))]
 
     def end_audio(self, now: float, trace_id: Any = None) -> list[Action]:
         if self._ending:
@@ -272,14 +406,14 @@ class Session:
             actions += self._on_frame(padded, float(self._vad(padded[None, :])[0]))
         self._ending = True
         if self._ep.in_speech:
-            actions += self._close_segment(self._buf_end, flush=True)
+            actions += self._close_segment(self._buf_end, flush=True, cause="end_of_audio")
         return actions + self._maybe_finish()
 
     def finalize(self) -> list[Action]:
         """Turn the speech so far into a final now; the stream stays open."""
         if not self._ep.in_speech:
             return []
-        return self._close_segment(self._buf_end)
+        return self._close_segment(self._buf_end, cause="finalize")
 
     def on_result(
         self,
@@ -349,13 +483,19 @@ class Session:
                 self._seg_start = max(self._floor, self._buf_start, frame_start - self._pad)
                 self._since_partial = self._buf_end - self._seg_start
                 self._frame_probs = [p]
+                self._speech_end = None
+                if self._events:
+                    return [Event("speech_started", frame_start / SAMPLE_RATE)]
             else:
                 self._trim(self._buf_end - self._pad)  # keep only what pre-padding may need
+                return self._utterance_end_event()
             return []
         self._frame_probs.append(p)
         if event == "end":
             assert self._ep.silence_start is not None
-            return self._close_segment(min(self._buf_end, self._ep.silence_start + self._pad))
+            end = min(self._buf_end, self._ep.silence_start + self._pad)
+            stopped: list[Action] = [Event("speech_stopped", end / SAMPLE_RATE)] if self._events else []
+            return stopped + self._close_segment(end, cause="endpoint")
         actions: list[Action] = []
         if self._buf_end - self._seg_start >= self._max_samples:
             actions += self._forced_cut()
@@ -380,7 +520,7 @@ class Session:
         self._ep.speech_frames += p >= self._threshold
         self._since_partial += FRAME
         if self._buf_end - self._seg_start >= self._max_samples:
-            return self._close_segment(self._buf_end)
+            return self._close_segment(self._buf_end, cause="max_duration")
         if (
             self._partials
             and self._ep.speech_frames
@@ -403,7 +543,7 @@ class Session:
         quietest = n - 1 - search + int(np.argmin(window)) if search else n - 1
         cut = first_frame_start + quietest * FRAME + FRAME // 2
         cut = max(self._seg_start + SAMPLE_RATE, min(cut, self._buf_end))
-        actions = [self._request("final", self._seg_start, cut, continues=True)]
+        actions = [self._request("final", self._seg_start, cut, continues=True, cause="max_duration")]
         self._floor = cut
         self._segment += 1
         self._seg_start = cut
@@ -413,7 +553,7 @@ class Session:
             self._ep.silence_start = cut
         return actions
 
-    def _close_segment(self, end: int, flush: bool = False) -> list[Action]:
+    def _close_segment(self, end: int, flush: bool = False, cause: Cause | None = None) -> list[Action]:
         start = self._seg_start
         speech_frames = self._ep.speech_frames
         self._ep.close()
@@ -422,11 +562,25 @@ class Session:
         actions: list[Action] = []
         if speech_frames >= MIN_SPEECH_FRAMES:
             if end > start:
-                actions.append(self._request("final", start, end, flush=flush))
+                actions.append(self._request("final", start, end, flush=flush, cause=cause))
             self._segment += 1
+            self._speech_end = end
         self._utterance_language = None
         self._trim(max(end, self._buf_end - self._pad))
+        self._apply_pending()
         return actions
+
+    def _utterance_end_event(self) -> list[Action]:
+        """utterance_end once enough audio without speech followed the last utterance, its finals all sent."""
+        if (
+            self._utterance_end is None
+            or self._speech_end is None
+            or self._delivery.outstanding
+            or self._buf_end - self._speech_end < self._utterance_end
+        ):
+            return []
+        end, self._speech_end = self._speech_end, None
+        return [Event("utterance_end", end / SAMPLE_RATE)] if self._events else []
 
     def _request(
         self,
@@ -435,6 +589,7 @@ class Session:
         end: int,
         flush: bool = False,
         continues: bool = False,
+        cause: Cause | None = None,
     ) -> Transcribe:
         rid = self._next_id
         self._next_id += 1
@@ -456,6 +611,7 @@ class Session:
             continues,
             known,
             self._processing_s,
+            cause,
         )
         if kind == "final":
             self._processing_s = 0.0
@@ -530,7 +686,10 @@ class Session:
         msg = self._message(pending, result, is_final=False, timing=timing)
         if msg is None:
             return []
-        return [Send(msg)]
+        return [Send(msg, self._info(pending))]
+
+    def _info(self, pending: _Pending) -> TranscriptInfo:
+        return TranscriptInfo(pending.kind, pending.segment, pending.start_s, pending.end_s, pending.cause)
 
     def _deliver(self, finals: list[_Done], now: float) -> list[Action]:
         actions: list[Action] = []
@@ -560,13 +719,17 @@ class Session:
                     flush=True,
                 )
             if msg is not None:
-                actions.append(Send(msg))
+                actions.append(Send(msg, self._info(done.pending)))
+            elif self._events:
+                actions.append(Event("final_empty", done.pending.end_s, self._info(done.pending)))
         held = self._delivery.release_held()
         if held is not None and held.result is not None:
             if self._ep.in_speech and held.pending.segment == self._segment and not self._ending:
                 msg = self._message(held.pending, held.result, is_final=False, timing=held.timing)
                 if msg is not None:
-                    actions.append(Send(msg))
+                    actions.append(Send(msg, self._info(held.pending)))
+        if not self._ep.in_speech and not self._ending:
+            actions += self._utterance_end_event()
         return actions + self._maybe_finish()
 
     def _maybe_finish(self) -> list[Action]:

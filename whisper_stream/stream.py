@@ -1,9 +1,11 @@
-"""Drives one Session over any message transport: the loop every adapter (websockets, Truss) shares.
+"""Drives a stream's Session(s) over any message transport: the loop every adapter (websockets, Truss) and
+every wire protocol (Baseten's here, `protocols/` for the others) shares.
 
-The adapters only wrap their connection object in a `Transport`. One reader task per stream takes messages
-off the socket into a small byte-bounded queue: when the queue is full the reader stops reading, and TCP
-pushes back on the client instead of the server's memory growing. The stream's loop applies messages and
-engine results in order, runs the audio front end off the event loop (`frontend.py`), stops taking audio
+The adapters only wrap their connection object in a `Transport`; a wire protocol is a `StreamProtocol` that
+turns frames into session events and session actions into its own messages. One reader task per stream takes
+messages off the socket into a small byte-bounded queue: when the queue is full the reader stops reading,
+and TCP pushes back on the client instead of the server's memory growing. The stream's loop applies messages
+and engine results in order, runs the audio front end off the event loop (`frontend.py`), stops taking audio
 while `max_finals_in_flight` finals are unanswered, sheds partials and then closes a stream whose
 unprocessed audio exceeds `max_lag_s`, and closes a client that does not read what it is sent.
 
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,8 +36,8 @@ from whisper_stream.config import ConfigError, StreamConfig, parse_metadata
 from whisper_stream.engines.interface import TranscribeResult
 from whisper_stream.frontend import FrontEnd
 from whisper_stream.scheduler import Job, Scheduler
-from whisper_stream.session import Close, Send, Session, Transcribe
-from whisper_stream.vad import SileroModel, SileroStream
+from whisper_stream.session import Action, Close, Event, Send, Session, Transcribe
+from whisper_stream.vad import SileroModel
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,16 @@ class Runtime:
     def active(self) -> int:
         return len(self.streams)
 
+    def session(self, config: StreamConfig, **kwargs: Any) -> Session:
+        """A new session on this runtime's VAD and limits (every protocol makes its sessions here)."""
+        return Session(
+            config,
+            self.vad.stream(),
+            max_partial_lag_s=self.limits.max_lag_s / 2,
+            check_config=self.check_config,
+            **kwargs,
+        )
+
     def check_config(self, config: StreamConfig) -> None:
         try:
             self.scheduler.engine.check_options(config.decode_options())
@@ -128,6 +142,86 @@ class Runtime:
             await stream.abort(CLOSE_GOING_AWAY, "server is shutting down")
 
 
+@dataclass(frozen=True)
+class Audio:
+    """A protocol's audio for one session: the driver runs it through the front end, off the event loop,
+    and hands the session's actions back to the protocol (`StreamProtocol.on_actions`)."""
+
+    data: bytes
+
+
+Out = tuple[Session | None, Action | Audio]  # an action and the session it came from (None: the protocol's)
+
+
+class StreamProtocol(Protocol):
+    """One connection's wire protocol: frames -> session events, session actions -> its messages.
+
+    Only field names and message shapes: every streaming rule is the session's."""
+
+    @property
+    def sessions(self) -> Sequence[Session]: ...  # cancelled at the end of the stream
+
+    @property
+    def finished(self) -> bool: ...  # the stream is over (after its last message)
+
+    def start(self, now: float) -> list[Out]: ...  # what the protocol says first, before any frame
+
+    def on_frame(self, frame: str | bytes, now: float) -> list[Out]: ...
+
+    def on_actions(self, session: Session, actions: list[Action]) -> list[Out]: ...  # after its Audio
+
+    def on_result(
+        self, session: Session, request_id: int, result: Any, error: str | None, now: float, timing: Any
+    ) -> list[Out]: ...
+
+    def render(self, session: Session | None, action: Send | Event) -> list[dict[str, Any]]: ...
+
+    def fail(self, error_type: str, message: str, code: int, now: float) -> list[Out]: ...
+
+    def idle(self, idle_s: float, now: float) -> list[Out]: ...
+
+
+class BasetenProtocol:
+    """Baseten's Whisper Streaming protocol after its metadata frame: the session speaks it natively."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.sessions = (session,)
+
+    @property
+    def finished(self) -> bool:
+        return self.session.finished
+
+    def start(self, now: float) -> list[Out]:
+        return []
+
+    def on_frame(self, frame: str | bytes, now: float) -> list[Out]:
+        if isinstance(frame, bytes):
+            return [(self.session, Audio(frame))]
+        return [(self.session, a) for a in self.session.handle_text(frame, now)]
+
+    def on_actions(self, session: Session, actions: list[Action]) -> list[Out]:
+        return [(session, a) for a in actions]
+
+    def on_result(
+        self, session: Session, request_id: int, result: Any, error: str | None, now: float, timing: Any
+    ) -> list[Out]:
+        return [(session, a) for a in session.on_result(request_id, result, error, now, timing)]
+
+    def render(self, session: Session | None, action: Send | Event) -> list[dict[str, Any]]:
+        return [action.message] if isinstance(action, Send) else []
+
+    def fail(self, error_type: str, message: str, code: int, now: float) -> list[Out]:
+        msg = messages.error(
+            error_type, message, stream_id=self.session.stream_id, recoverable=False, now=now
+        )
+        return [(None, Send(msg)), (None, Close(code, message))]
+
+    def idle(self, idle_s: float, now: float) -> list[Out]:
+        message = f"no audio or control message for {idle_s:g} s: closing the idle stream"
+        return self.fail("STREAM_ERROR", message, CLOSE_POLICY, now)
+
+
 def _dumps(msg: dict[str, Any]) -> str:
     text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
     try:
@@ -156,19 +250,27 @@ async def _fail(
     await transport.close(code, close_reason(message))
 
 
-async def serve_stream(transport: Transport, runtime: Runtime, client: str = "") -> None:
-    """Run one stream from its metadata frame to its close. `client` (API key or address) for its limit."""
+async def serve_stream(
+    transport: Transport, runtime: Runtime, client: str = "", protocol: StreamProtocol | None = None
+) -> None:
+    """Run one stream to its close: Baseten's (from its metadata frame) or, given, another `protocol`'s.
+    `client` (the peer's address) counts against the per-client stream limit."""
     refusal = runtime.refusal(client)
     if refusal is not None:
-        await _fail(transport, "STREAM_ERROR", refusal, CLOSE_TRY_AGAIN, None)
+        if protocol is None:
+            await _fail(transport, "STREAM_ERROR", refusal, CLOSE_TRY_AGAIN, None)
+        else:
+            await _StreamLoop(transport, runtime, protocol).refuse(refusal)
         return
     metrics.STREAMS.inc()
     metrics.STREAMS_TOTAL.inc()
     runtime.per_client[client] += 1
     try:
-        opened = await _open(transport, runtime)
-        if opened is not None:
-            await _StreamLoop(transport, runtime, *opened).run()
+        if protocol is None:
+            session = await _open(transport, runtime)
+            protocol = BasetenProtocol(session) if session is not None else None
+        if protocol is not None:
+            await _StreamLoop(transport, runtime, protocol).run()
     except TransportClosed:
         pass
     finally:
@@ -178,8 +280,8 @@ async def serve_stream(transport: Transport, runtime: Runtime, client: str = "")
         metrics.STREAMS.dec()
 
 
-async def _open(transport: Transport, runtime: Runtime) -> tuple[Session, SileroStream] | None:
-    """The metadata frame -> a Session and its VAD stream, or an error frame and a close that says why."""
+async def _open(transport: Transport, runtime: Runtime) -> Session | None:
+    """Baseten's metadata frame -> a Session, or an error frame and a close that says why."""
     limits = runtime.limits
     try:
         first = await asyncio.wait_for(transport.recv(), limits.metadata_timeout_s)
@@ -222,25 +324,22 @@ async def _open(transport: Transport, runtime: Runtime) -> tuple[Session, Silero
         )
         await _fail(transport, "CONFIGURATION_ERROR", str(exc), code, stream_id, field=exc.field)
         return None
-    vad = runtime.vad.stream()
-    session = Session(config, vad, stream_id=stream_id, max_partial_lag_s=limits.max_lag_s / 2)
-    return session, vad
+    return runtime.session(config, stream_id=stream_id)
 
 
 class _StreamLoop:
-    """One stream after its metadata: a reader task feeding a bounded queue, and the loop that applies it."""
+    """One stream after its handshake: a reader task feeding a bounded inbox, and the loop that applies it."""
 
-    def __init__(self, transport: Transport, runtime: Runtime, session: Session, vad: SileroStream) -> None:
-        self.transport, self.runtime, self.session = transport, runtime, session
+    def __init__(self, transport: Transport, runtime: Runtime, protocol: StreamProtocol) -> None:
+        self.transport, self.runtime, self.protocol = transport, runtime, protocol
         self.limits = runtime.limits
-        self._vad = vad  # the session's VAD stream, which the front end batches with the other streams'
         self._inbox: collections.deque[str | bytes] = collections.deque()
         self._inbox_bytes = 0
         self._results: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wake = asyncio.Event()  # something arrived (a message, a result, the reader's end, a drain)
         self._space = asyncio.Event()  # the inbox has room again
         self._space.set()
-        self._reader_done: str | None = None  # "closed" once the client has gone
+        self._reader_done = False
         self._drain = False
         self._final_asked: dict[int, float] = {}  # utterance number -> when its final was requested
         self._open = True
@@ -254,7 +353,14 @@ class _StreamLoop:
     async def abort(self, code: int, reason: str) -> None:
         if self._open:
             self._open = False
-            await self.transport.close(code, reason)
+            await self.transport.close(code, close_reason(reason))
+
+    async def refuse(self, message: str) -> None:
+        """Admission refused: the protocol's own error and a 1013 close."""
+        try:
+            await self._carry_out(self.protocol.fail("STREAM_ERROR", message, CLOSE_TRY_AGAIN, time.time()))
+        except TransportClosed:
+            pass
 
     # -- the two tasks ---------------------------------------------------------------------------------
 
@@ -269,58 +375,71 @@ class _StreamLoop:
                     self._space.clear()  # TCP backpressure: nothing more is read until the loop catches up
                 self._wake.set()
         except TransportClosed:
-            self._reader_done = "closed"
+            self._reader_done = True
             self._wake.set()
 
-    def _on_result(self, rid: int) -> Any:
+    def _on_result(self, session: Session, rid: int) -> Any:
         def callback(result: TranscribeResult | None, error: str | None, timing: Any) -> None:
-            self._results.append((rid, result, error, time.time(), timing))
+            self._results.append((session, rid, result, error, time.time(), timing))
             self._wake.set()
 
         return callback
 
     async def run(self) -> None:
-        runtime, session = self.runtime, self.session
+        runtime, protocol = self.runtime, self.protocol
         runtime.streams.add(self)
         reader = asyncio.create_task(self._reader())
         try:
+            await self._carry_out(protocol.start(time.time()))
             await self._loop()
         except TransportClosed:
             self._open = False
         except Exception as exc:  # a bug in one stream: that stream gets an error, the others go on
-            log.exception("stream %s failed", session.stream_id)
+            log.exception("stream %s failed", self._stream_id)
             if self._open:
-                self._open = False
                 message = f"internal error in this stream ({type(exc).__name__}); it was closed"
-                await _fail(self.transport, "INTERNAL_ERROR", message, CLOSE_INTERNAL, session.stream_id)
+                failure = protocol.fail("INTERNAL_ERROR", message, CLOSE_INTERNAL, time.time())
+                with contextlib.suppress(TransportClosed):
+                    await self._carry_out(failure)
         finally:
             reader.cancel()
-            runtime.scheduler.cancel(session)
+            for session in protocol.sessions:
+                runtime.scheduler.cancel(session)
             runtime.streams.discard(self)
             if self._open:
                 self._open = False
                 await self.transport.close(1000, "")
 
+    @property
+    def _stream_id(self) -> str:
+        return ",".join(s.stream_id for s in self.protocol.sessions) or "?"
+
+    def _accepting_audio(self) -> bool:
+        return any(s.accepting_audio for s in self.protocol.sessions)
+
+    def _finals_in_flight(self) -> int:
+        return sum(s.finals_in_flight for s in self.protocol.sessions)
+
     async def _loop(self) -> None:
-        session, limits = self.session, self.limits
+        protocol, limits = self.protocol, self.limits
         last_heard = last_audio = time.monotonic()
-        while self._open and not session.finished:
+        while self._open and not protocol.finished:
             if self._results:
-                await self._apply(session.on_result(*self._results.popleft()))
+                await self._carry_out(protocol.on_result(*self._results.popleft()))
                 continue
             if self._drain:
                 self._drain = False
-                await self._apply(session.shutdown())
+                await self._carry_out([(s, a) for s in protocol.sessions for a in s.shutdown()])
                 continue
             if self._inbox and (
-                session.finals_in_flight < limits.max_finals_in_flight or not session.accepting_audio
+                self._finals_in_flight() < limits.max_finals_in_flight or not self._accepting_audio()
             ):
                 message = self._inbox.popleft()
                 self._inbox_bytes -= len(message)
                 if self._inbox_bytes < limits.max_frame_bytes:
                     self._space.set()
                 last_heard = time.monotonic()
-                if isinstance(message, bytes) and session.accepting_audio:
+                if isinstance(message, bytes) and self._accepting_audio():
                     last_audio = last_heard
                 await self._handle(message)
                 continue
@@ -329,19 +448,21 @@ class _StreamLoop:
                 return
             # nothing to do: wait, and time out the client only while it is the one we wait for
             self._wake.clear()
-            waiting_for_client = session.accepting_audio and not self._inbox
+            waiting_for_client = self._accepting_audio() and not self._inbox
             if not waiting_for_client:
                 await self._wake.wait()
                 continue
             now = time.monotonic()
             idle_left = limits.idle_timeout_s - (now - last_heard)
             audio_left = limits.audio_idle_timeout_s - (now - last_audio)
-            if idle_left <= 0 or audio_left <= 0:
-                what = "audio or control message" if idle_left <= 0 else "audio (only keep-alives)"
-                seconds = limits.idle_timeout_s if idle_left <= 0 else limits.audio_idle_timeout_s
-                message = f"no {what} for {seconds:g} s: closing the idle stream"
+            if idle_left <= 0:
+                await self._carry_out(protocol.idle(limits.idle_timeout_s, time.time()))
                 self._open = False
-                await _fail(self.transport, "STREAM_ERROR", message, CLOSE_POLICY, session.stream_id)
+                return
+            if audio_left <= 0:
+                message = f"no audio for {limits.audio_idle_timeout_s:g} s (only keep-alives): closing"
+                await self._carry_out(protocol.fail("STREAM_ERROR", message, CLOSE_POLICY, time.time()))
+                self._open = False
                 return
             try:
                 await asyncio.wait_for(self._wake.wait(), min(idle_left, audio_left))
@@ -349,77 +470,77 @@ class _StreamLoop:
                 pass
 
     async def _handle(self, message: str | bytes) -> None:
-        session, limits, now = self.session, self.limits, time.time()
-        if isinstance(message, str):
-            if len(message.encode("utf-8", "replace")) > limits.max_text_bytes:
-                await self._fail(
-                    "STREAM_ERROR",
-                    f"text frame over {limits.max_text_bytes} bytes: control messages are small",
-                    CLOSE_TOO_BIG,
-                )
-                return
-            await self._apply(session.handle_text(message, now))
+        protocol, limits, now = self.protocol, self.limits, time.time()
+        if isinstance(message, str) and len(message.encode("utf-8", "replace")) > limits.max_text_bytes:
+            text = f"text frame over {limits.max_text_bytes} bytes: control messages are small"
+            await self._carry_out(protocol.fail("STREAM_ERROR", text, CLOSE_TOO_BIG, now))
             return
-        if len(message) > limits.max_frame_bytes:
-            await self._fail(
-                "AUDIO_PROCESSING_ERROR",
-                f"audio frame of {len(message)} bytes exceeds the limit of {limits.max_frame_bytes} bytes",
-                CLOSE_TOO_BIG,
+        if isinstance(message, bytes) and len(message) > limits.max_frame_bytes:
+            text = f"audio frame of {len(message)} bytes exceeds the limit of {limits.max_frame_bytes} bytes"
+            await self._carry_out(protocol.fail("AUDIO_PROCESSING_ERROR", text, CLOSE_TOO_BIG, now))
+            return
+        await self._carry_out(protocol.on_frame(message, now))
+        lag = max((s.lag_s for s in protocol.sessions), default=0.0)
+        if self._open and lag > limits.max_lag_s:
+            text = (
+                f"the server is {lag:.0f} s behind this stream (limit {limits.max_lag_s:g} s): "
+                "send audio in real time, or retry later"
             )
-            return
-        if not session.accepting_audio:
-            await self._apply(session.feed_audio(message, now))  # a recoverable error
-            return
-        started = time.perf_counter()
-        actions = await self.runtime.frontend.feed(session, self._vad, message)
-        session.add_processing_time(time.perf_counter() - started)
-        await self._apply(actions)
-        if session.lag_s > limits.max_lag_s:
-            await self._fail(
-                "STREAM_ERROR",
-                f"the server is {session.lag_s:.0f} s behind this stream (limit {limits.max_lag_s:g} s): "
-                "send audio in real time, or retry later",
-                CLOSE_TRY_AGAIN,
-            )
+            await self._carry_out(protocol.fail("STREAM_ERROR", text, CLOSE_TRY_AGAIN, now))
 
-    async def _fail(self, error_type: str, message: str, code: int) -> None:
-        self._open = False
-        await _fail(self.transport, error_type, message, code, self.session.stream_id)
+    async def _feed(self, session: Session, data: bytes) -> list[Out]:
+        """A protocol's audio through the front end (off the event loop), then back to the protocol."""
+        if not session.accepting_audio:
+            actions = session.feed_audio(data, time.time())  # a recoverable error
+        else:
+            started = time.perf_counter()
+            actions = await self.runtime.frontend.feed(session, data)
+            session.add_processing_time(time.perf_counter() - started)
+        return self.protocol.on_actions(session, actions)
 
     async def _send(self, msg: dict[str, Any]) -> None:
-        self._count(msg)
         try:
             await asyncio.wait_for(self.transport.send(_dumps(msg)), self.limits.send_timeout_s)
         except TimeoutError:
-            log.warning("stream %s: client does not read; closing", self.session.stream_id)
+            log.warning("stream %s: client does not read; closing", self._stream_id)
             self._open = False
             await self.transport.close(CLOSE_POLICY, "client does not read its messages")
             raise TransportClosed from None
 
-    async def _apply(self, actions: list[Any]) -> None:
-        session, scheduler = self.session, self.runtime.scheduler
-        for action in actions:
-            if isinstance(action, Send):
-                await self._send(action.message)
+    async def _carry_out(self, outs: list[Out]) -> None:
+        """Send, submit, feed and close as the actions say."""
+        queue = collections.deque(outs)
+        while queue and self._open:
+            session, action = queue.popleft()
+            if isinstance(action, Audio):
+                assert session is not None
+                queue.extendleft(reversed(await self._feed(session, action.data)))
+            elif isinstance(action, Send | Event):
+                if isinstance(action, Send):
+                    self._count(action.message)
+                for wire in self.protocol.render(session, action):
+                    await self._send(wire)
             elif isinstance(action, Transcribe):
-                if action.kind == "final":
+                assert session is not None
+                if action.kind == "final" and len(self.protocol.sessions) == 1:
                     self._final_asked[action.segment] = time.monotonic()
                 rid = action.request_id
-                job = Job(session, action.kind, action.request, self._on_result(rid))
+                job = Job(session, action.kind, action.request, self._on_result(session, rid))
                 if action.kind == "partial":
-                    job.wanted = lambda rid=rid: session.partial_wanted(rid)
-                scheduler.submit(job)
+                    job.wanted = lambda rid=rid, session=session: session.partial_wanted(rid)
+                self.runtime.scheduler.submit(job)
             elif isinstance(action, Close):
                 self._open = False
                 await self.transport.close(action.code, close_reason(action.reason))
 
     def _count(self, msg: dict[str, Any]) -> None:
+        """Prometheus counts of one outgoing session message."""
         kind = msg.get("type", "")
         if kind == "transcription":
             kind = "final" if msg["is_final"] else "partial"
             asked = self._final_asked.pop(msg["transcription_num"], None) if msg["is_final"] else None
             if asked is not None:
                 metrics.FINAL_SECONDS.observe(time.monotonic() - asked)
-        elif kind == "error":
+        elif kind == "error" and isinstance(msg.get("body"), dict):
             metrics.ERRORS.labels(msg["body"]["error_type"]).inc()
         metrics.MESSAGES.labels(kind).inc()

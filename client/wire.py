@@ -1,0 +1,197 @@
+"""The benchmark's clients for the other protocols this server speaks (and hosted Deepgram / OpenAI speak):
+each streams PCM the way `protocol.stream_pcm` does and turns the replies into Baseten-shaped messages
+(`transcription` with `is_final`, `transcription_num`, `segments[start_time, end_time, text]`, then
+`end_audio finished`), so `bench_metrics` computes the same latency and WER figures for every protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import numpy as np
+import websockets
+
+from client.protocol import Received, StreamResult
+
+PROTOCOLS = ("baseten", "deepgram", "openai")
+
+
+def base_url(url: str) -> str:
+    """ws(s)://host[:port] of a URL (a Baseten path such as /v1/websocket is dropped)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _transcription(final: bool, num: int, start: float, end: float, text: str) -> dict[str, Any]:
+    segments = [{"start_time": start, "end_time": end, "text": text}] if text else []
+    return {
+        "type": "transcription",
+        "is_final": final,
+        "transcription_num": num,
+        "segments": segments,
+        "transcript": text,
+    }
+
+
+async def _paced(
+    ws: Any,
+    chunks: list[Any],
+    seconds: list[float],
+    speed: float,
+    result: StreamResult,
+    t0: float,
+    on_progress: Any,
+) -> None:
+    for chunk, upto in zip(chunks, seconds, strict=True):
+        await ws.send(chunk)
+        result.audio_sent_s.append((time.monotonic() - t0, upto))
+        if on_progress:
+            on_progress(upto)
+        if speed > 0:
+            delay = t0 + upto / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
+async def stream_deepgram(
+    url: str,
+    pcm: bytes,
+    *,
+    speed: float,
+    language: str,
+    partials: bool,
+    api_key: str | None = None,
+    timeout_s: float = 300.0,
+    on_progress: Any = None,
+    model: str = "nova-3",
+) -> StreamResult:
+    query = {
+        "encoding": "linear16",
+        "sample_rate": 16000,
+        "language": language,
+        "model": model,
+        "punctuate": "true",
+        "interim_results": str(partials).lower(),
+    }
+    target = f"{base_url(url)}/v1/listen?{urlencode(query)}"
+    headers = {"Authorization": f"Token {api_key}"} if api_key else {}
+    result, num = StreamResult(), 0
+    frame = 1024
+    chunks = [pcm[i : i + frame] for i in range(0, len(pcm), frame)]
+    seconds = [min(len(pcm), i + frame) / 32000 for i in range(0, len(pcm), frame)]
+    async with websockets.connect(target, additional_headers=headers, max_size=None, open_timeout=30) as ws:
+        t0 = time.monotonic()
+
+        async def receive() -> None:
+            nonlocal num
+            async for raw in ws:
+                msg, t = json.loads(raw), time.monotonic() - t0
+                if msg.get("type") == "Results":
+                    text = msg["channel"]["alternatives"][0]["transcript"]
+                    start = msg["start"]
+                    result.received.append(
+                        Received(
+                            t, _transcription(msg["is_final"], num, start, start + msg["duration"], text)
+                        )
+                    )
+                    num += bool(msg["is_final"])
+                elif msg.get("type") == "Metadata":
+                    result.received.append(Received(t, {"type": "end_audio", "body": {"status": "finished"}}))
+                    return
+
+        reader = asyncio.create_task(receive())
+        await _paced(ws, chunks, seconds, speed, result, t0, on_progress)
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        await asyncio.wait_for(reader, timeout_s)
+    return result
+
+
+async def stream_openai(
+    url: str,
+    pcm: bytes,
+    *,
+    speed: float,
+    language: str,
+    partials: bool,
+    api_key: str | None = None,
+    timeout_s: float = 300.0,
+    on_progress: Any = None,
+    model: str = "gpt-4o-transcribe",
+) -> StreamResult:
+    import soxr
+
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    pcm24 = (np.clip(soxr.resample(audio, 16000, 24000), -1, 1) * 32767).astype("<i2").tobytes()
+    target = f"{base_url(url)}/v1/realtime?intent=transcription"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    step = 4800  # 100 ms of 24 kHz pcm16
+    chunks = [
+        json.dumps(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm24[i : i + step]).decode()}
+        )
+        for i in range(0, len(pcm24), step)
+    ]
+    seconds = [min(len(pcm24), i + step) / 48000 for i in range(0, len(pcm24), step)]
+    result = StreamResult()
+    items: dict[str, dict[str, Any]] = {}  # item -> num, start, end, text
+    committed: list[str] = []
+    completed: set[str] = set()
+    session = {
+        "type": "transcription",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "transcription": {"model": model, "language": None if language == "auto" else language},
+            }
+        },
+    }
+    async with websockets.connect(target, additional_headers=headers, max_size=None, open_timeout=30) as ws:
+        await ws.send(json.dumps({"type": "session.update", "session": session}))
+        t0 = time.monotonic()
+        sent_all = asyncio.Event()
+
+        def item(item_id: str) -> dict[str, Any]:
+            return items.setdefault(item_id, {"num": len(items), "start": 0.0, "end": 0.0, "text": ""})
+
+        async def receive() -> None:
+            async for raw in ws:
+                msg, t = json.loads(raw), time.monotonic() - t0
+                kind = msg.get("type", "")
+                if kind == "input_audio_buffer.speech_started":
+                    item(msg["item_id"])["start"] = msg["audio_start_ms"] / 1000
+                elif kind == "input_audio_buffer.speech_stopped":
+                    item(msg["item_id"])["end"] = msg["audio_end_ms"] / 1000
+                elif kind == "input_audio_buffer.committed":
+                    committed.append(msg["item_id"])
+                elif kind.endswith("input_audio_transcription.delta") and partials:
+                    it = item(msg["item_id"])
+                    it["text"] += msg.get("delta") or ""
+                    end = it["end"] or (result.audio_sent_s[-1][1] if result.audio_sent_s else 0.0)
+                    result.received.append(
+                        Received(t, _transcription(False, it["num"], it["start"], end, it["text"].strip()))
+                    )
+                elif kind.endswith("input_audio_transcription.completed"):
+                    it = item(msg["item_id"])
+                    end = it["end"] or (result.audio_sent_s[-1][1] if result.audio_sent_s else 0.0)
+                    result.received.append(
+                        Received(
+                            t, _transcription(True, it["num"], it["start"], end, msg["transcript"].strip())
+                        )
+                    )
+                    completed.add(msg["item_id"])
+                elif kind == "error":
+                    result.received.append(Received(t, {"type": "error", "body": msg.get("error", {})}))
+                if sent_all.is_set() and committed and set(committed) <= completed:
+                    result.received.append(Received(t, {"type": "end_audio", "body": {"status": "finished"}}))
+                    return
+
+        reader = asyncio.create_task(receive())
+        await _paced(ws, chunks, seconds, speed, result, t0, on_progress)
+        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        sent_all.set()
+        await asyncio.wait_for(reader, timeout_s)
+    return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 
 from whisper_stream.engines.interface import COMPRESSION_RATIO_THRESHOLD, LOG_PROB_THRESHOLD, Segment
-from whisper_stream.hallucination import is_silence
+from whisper_stream.hallucination import is_silence, repeats_long_run
 
 
 def compression_ratio(text: str) -> float:
@@ -14,16 +14,22 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 1.0
 
 
+def _repetitive(seg: Segment) -> bool:
+    """A decoding loop (Whisper's compression-ratio check) or a long run said twice (a beam-search repeat)."""
+    return seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD or repeats_long_run(seg.text)
+
+
 def needs_fallback(seg: Segment) -> bool:
+    """Whisper's rule, plus long repeats: the window is decoded again at the next temperature."""
     if is_silence(seg):
         return False  # a higher temperature would only invent text
-    return seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD or seg.avg_logprob < LOG_PROB_THRESHOLD
+    return _repetitive(seg) or seg.avg_logprob < LOG_PROB_THRESHOLD
 
 
 def preferable(new: Segment, old: Segment) -> bool:
     """Whisper's choice when every temperature fails: best log-prob among non-repetitive results."""
-    new_ok = new.compression_ratio <= COMPRESSION_RATIO_THRESHOLD
-    old_ok = old.compression_ratio <= COMPRESSION_RATIO_THRESHOLD
+    new_ok = not _repetitive(new)
+    old_ok = not _repetitive(old)
     if new_ok != old_ok:
         return new_ok
     return new.avg_logprob > old.avg_logprob

@@ -39,11 +39,31 @@ def possible_hallucination(seg: Segment) -> bool:
         seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD
         or seg.avg_logprob < LOG_PROB_THRESHOLD
         or seg.no_speech_prob > NO_SPEECH_THRESHOLD
+        or repeats_long_run(seg.text)
     )
 
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[\w']+", text.lower())
+
+
+# A run of this many words said twice in one window is the decoder re-reading its own output (beam search
+# with a length penalty > 1 ranks such a hypothesis first), not speech. Short loops ("words, words, words")
+# stay below it and are the compression-ratio check's job; a sentence repeated once compresses too poorly
+# for that check (ratio ~1.6 on a 10-word sentence said twice).
+REPEATED_RUN_WORDS = 8
+
+
+def repeats_long_run(text: str, run: int = REPEATED_RUN_WORDS) -> bool:
+    """True when some `run` consecutive words (case and punctuation ignored) occur twice in `text`."""
+    words = _words(text)
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(words) - run + 1):
+        gram = tuple(words[i : i + run])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
 
 
 def echoes_prompt(text: str, prompt: str) -> bool:

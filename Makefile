@@ -22,7 +22,7 @@ ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
 .PHONY: help install client dev browser serve test lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
-	engine-docker truss-venv truss-push truss-context clean
+	bench-load soak bench-frontend bench-memory bench-beam engine-docker truss-venv truss-push truss-context clean
 .DEFAULT_GOAL := help
 
 SERVE_FLAGS = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(ENGINE),--engine $(ENGINE)) \
@@ -116,6 +116,23 @@ bench: $(BIN)/.client-installed  ## latency/WER benchmark (BENCH_CONCURRENCY BEN
 # The same CPU model in-process vs behind Triton, side by side: latency ratio table in bench-results/triton.
 bench-triton: $(BIN)/.client-installed $(BIN)/.triton-installed  ## in-process vs Triton, side by side
 	$(BIN)/python -m client.bench_triton --concurrency $(BENCH_CONCURRENCY) $(BENCH_ARGS)
+
+# The server under load: contracts (no final lost or duplicated), latency, CPU and RSS; results in bench-results/.
+bench-load: $(BIN)/.client-installed  ## 8, 16, 32 real-time streams, finals only then partials
+	$(BIN)/python -m client.bench_server load $(BENCH_ARGS)
+
+SOAK_S ?= 7200
+soak: $(BIN)/.client-installed  ## 2 streams for SOAK_S seconds (2 h): RSS and lag every 30 s, growth
+	$(BIN)/python -m client.bench_server soak --duration-s $(SOAK_S) $(BENCH_ARGS)
+
+bench-frontend: $(BIN)/.client-installed  ## 16/32/64 real-time streams, no model: CPU per stream, loop lag
+	$(BIN)/python -m client.bench_server frontend $(BENCH_ARGS)
+
+bench-memory: $(BIN)/.client-installed  ## RSS per stream: idle streams, and unpaced streams that never read
+	$(BIN)/python -m client.bench_server memory $(BENCH_ARGS)
+
+bench-beam: $(BIN)/.client-installed  ## beam width 1-5: time per final, WER vs greedy and vs faster-whisper
+	$(BIN)/python -m client.bench_beam $(BENCH_ARGS)
 
 # The server's own CPU cost per audio second (decode, resample, VAD) per encoding and rate.
 bench-audio: install  ## the server's CPU cost per audio second before the model

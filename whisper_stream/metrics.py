@@ -7,6 +7,9 @@ it (from the moment the session asks for the final to the moment it is sent).
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -31,8 +34,22 @@ ENGINE_SECONDS = Histogram("whisper_stream_engine_call_seconds", "Engine call du
 QUEUE_SECONDS = Histogram("whisper_stream_queue_seconds", "Wait for the engine", ["kind"], buckets=_LATENCY,
                           registry=REGISTRY)  # fmt: skip
 PARTIALS_SHED = Counter("whisper_stream_partials_shed_total", "Partials dropped unrun", registry=REGISTRY)
+_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+LOOP_LAG = Histogram("whisper_stream_event_loop_lag_seconds", "How late the event loop runs a 10 ms timer",
+                     buckets=_LAG_BUCKETS, registry=REGISTRY)  # fmt: skip
 FINAL_SECONDS = Histogram("whisper_stream_final_seconds", "Final requested -> final sent", buckets=_LATENCY,
                           registry=REGISTRY)  # fmt: skip
+
+
+LOOP_PROBE_S = 0.01
+
+
+async def watch_event_loop() -> None:
+    """Samples event-loop lag: every message of every stream waits behind whatever holds the loop."""
+    while True:
+        started = time.monotonic()
+        await asyncio.sleep(LOOP_PROBE_S)
+        LOOP_LAG.observe(max(0.0, time.monotonic() - started - LOOP_PROBE_S))
 
 
 def exposition() -> tuple[bytes, str]:

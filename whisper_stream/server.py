@@ -132,6 +132,7 @@ async def start_server(
     settings: ServerSettings, runtime: Runtime, sock: socket.socket | None = None
 ) -> Server:
     runtime.scheduler.start()
+    runtime.loop_watch = asyncio.create_task(metrics.watch_event_loop(), name="loop-lag")
 
     async def handler(ws: ServerConnection) -> None:
         protocol = protocols.open_protocol(ws.request.path, runtime) if ws.request else None

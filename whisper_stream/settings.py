@@ -19,9 +19,10 @@ class ServerSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
-    engine: Literal["ctranslate2", "triton", "tensorrt_llm"] = Field(
+    engine: Literal["ctranslate2", "triton", "tensorrt_llm", "null"] = Field(
         "ctranslate2",
-        description="ctranslate2: in-process CPU/GPU; triton: a Triton server; tensorrt_llm: GPU",
+        description="ctranslate2: in-process CPU/GPU; triton: a Triton server; tensorrt_llm: GPU; "
+        "null: no model, empty transcripts (to measure the server's own cost)",
     )
     model: str | None = Field(
         None,

@@ -92,6 +92,7 @@ class Runtime:
         self.frontend = FrontEnd(vad)
         self.limits = limits or Limits()
         self.draining = False
+        self.loop_watch: asyncio.Task[None] | None = None  # the server's event-loop lag probe
         self.streams: set[_StreamLoop] = set()
         self.per_client: collections.Counter[str] = collections.Counter()
 

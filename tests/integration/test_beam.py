@@ -54,3 +54,34 @@ async def test_beam_search_is_no_worse_than_greedy_on_read_speech(server, speech
                 assert not repeats_long_run(s["text"]) or s["possible_hallucination"], s
         errors[width] = wer([refs], [res.text])
     assert errors[5] <= errors[1] + MAX_WER_LOSS, errors
+
+
+def test_the_tensorrt_llm_engine_s_beam_path_gets_the_same_guard(tmp_path, speech):
+    """Through the runner faithful to ModelRunnerCpp (real model on the CPU). Its 30 s context does not repeat
+    the JFK window, so its backend is made to say every beam hypothesis twice, as CTranslate2's beam did with
+    the shorter context: the engine's own parsing and fallback ladder must then re-decode (sampling, which
+    the doubling leaves alone) or flag the result."""
+    from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
+    from whisper_stream.engines.trtllm_cpu_runner import Beam, make_engine_dir
+
+    engine = TensorRTLLMEngine(make_engine_dir(tmp_path), runner="faithful")
+    backend = engine._runner.backend
+    generate = backend.generate
+
+    def say_beams_twice(*args, **kw):
+        out = generate(*args, **kw)
+        if kw.get("beam_width", 1) == 1:
+            return out
+        return [[Beam(b.tokens * 2, b.log_probs * 2, 2 * b.cum_log_prob) for b in beams] for beams in out]
+
+    backend.generate = say_beams_twice
+    name, start, end = REPEAT_WINDOW
+    audio = load_audio(speech[name].path)[start:end]
+    options = parse_metadata(
+        {"whisper_params": {"whisper_sampling_params": {"beam_width": 4}}}
+    ).decode_options()
+    (raw,) = engine.transcribe_sync([TranscribeRequest(audio, replace(options, temperatures=(0.0,)))])
+    assert repeats_long_run(raw.text) and all(possible_hallucination(s) for s in raw.segments), raw
+    (result,) = engine.transcribe_sync([TranscribeRequest(audio, options)])
+    assert not repeats_long_run(result.text), result  # decoded again at the next temperature
+    assert "country can do for you" in result.text.lower() and result.segments[0].temperature > 0

@@ -14,6 +14,10 @@ def create_engine(settings: ServerSettings) -> Engine:
         if not settings.engine_dir:
             raise RuntimeError("engine tensorrt_llm needs --engine-dir (built with `make engine`)")
         return TensorRTLLMEngine(settings.engine_dir, max_batch_size=settings.max_batch_size)
+    if settings.engine == "null":
+        from whisper_stream.engines.null import NullEngine
+
+        return NullEngine()
     if settings.engine == "triton":
         from whisper_stream.engines.triton import TritonEngine
 

@@ -1,0 +1,129 @@
+"""Production contracts through a real server: one failing request fails alone, SIGTERM delivers the final in
+progress before closing, and an unpaced upload that never reads cannot grow the server's memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import urllib.request
+from collections.abc import Sequence
+
+import pytest
+import websockets
+
+from client.local_server import LocalServer, free_port
+from client.protocol import finals_text, metadata, stream_pcm
+from client.speech import load_audio, to_pcm16
+from whisper_stream.engines.ctranslate2 import CTranslate2Engine
+from whisper_stream.engines.interface import TranscribeRequest
+from whisper_stream.server import build_runtime, start_server
+from whisper_stream.settings import ServerSettings
+
+POISON = "poison pill"
+
+
+class OneBadRequest:
+    """The real CPU engine, except that a call holding a request with the poison prompt fails as a whole,
+    as a batch with one malformed request does in a real engine."""
+
+    def __init__(self, engine: CTranslate2Engine) -> None:
+        self.engine = engine
+        self.name, self.model_name = engine.name, engine.model_name
+        self.max_batch_size, self.max_inflight = engine.max_batch_size, engine.max_inflight
+        self.batches: list[int] = []
+
+    def check_options(self, options) -> None:
+        self.engine.check_options(options)
+
+    async def transcribe(self, requests: Sequence[TranscribeRequest]):
+        self.batches.append(len(requests))
+        if any(r.options.prompt == POISON for r in requests):
+            raise RuntimeError("this batch holds a request the engine cannot decode")
+        return await self.engine.transcribe(requests)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_failing_request_fails_alone_and_its_batch_neighbours_get_their_finals(speech):
+    engine = OneBadRequest(CTranslate2Engine(max_batch_size=8))
+    settings = ServerSettings(host="127.0.0.1", port=free_port())
+    runtime = build_runtime(settings, engine)
+    server = await start_server(settings, runtime)
+    url = f"ws://127.0.0.1:{settings.port}/v1/websocket"
+    pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + bytes(32000)
+    try:
+        poisoned, *healthy = await asyncio.gather(
+            stream_pcm(url, metadata(prompt=POISON), pcm, speed=0),
+            *(stream_pcm(url, metadata(), pcm, speed=0) for _ in range(3)),
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+        await runtime.scheduler.stop()
+    assert max(engine.batches) > 1  # the finals did share a batch: isolation was needed
+    for result in healthy:
+        assert result.finished and "wizard" in result.text.lower()
+    assert poisoned.finished and not poisoned.text
+    [error] = poisoned.errors
+    assert (
+        error["body"]["error_type"] == "TRANSCRIPTION_ERROR" and "cannot decode" in error["body"]["message"]
+    )
+
+
+async def test_sigterm_delivers_the_final_in_progress_then_closes_with_1001(speech):
+    with LocalServer("--drain-timeout-s", "20") as server:
+        async with websockets.connect(server.url) as ws:
+            await ws.send(json.dumps(metadata()))
+            # speech without its trailing silence: the utterance is still open when SIGTERM comes
+            await ws.send(to_pcm16(load_audio(speech["ls_61-70968-0000"].path)))
+            await asyncio.sleep(1.0)  # the server has taken the audio in
+            server.proc.send_signal(signal.SIGTERM)
+            replies = []
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    replies.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+            code = ws.close_code
+        exit_code = server.proc.wait(30)
+    assert "wizard" in finals_text(replies).lower(), replies
+    assert code == 1001
+    assert exit_code == 0
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+RSS_BOUND_MB = 150  # the README's per-stream bound is ~16 MB; the rest is allocator and thread slack
+
+
+async def test_an_unpaced_upload_that_never_reads_cannot_grow_the_server(speech):
+    audio = to_pcm16(load_audio(speech["ls_1221-135766-0001"].path))  # 16.7 s
+    frame = (audio * 4)[: 1 << 20]  # 1 MiB frames: ~32 s of speech each
+    with LocalServer() as server:
+        baseline = _rss_mb(server.proc.pid)
+        peak, sent = baseline, 0
+        async with websockets.connect(server.url, max_size=None, max_queue=1) as ws:
+            await ws.send(json.dumps(metadata(partials=True, partial_interval_s=0.1)))
+            deadline = time.monotonic() + 40
+            try:
+                while time.monotonic() < deadline and sent < (300 << 20):  # up to 300 MiB, never reading
+                    await asyncio.wait_for(ws.send(frame), 5)
+                    sent += len(frame)
+                    peak = max(peak, _rss_mb(server.proc.pid))
+            except (TimeoutError, websockets.ConnectionClosed):
+                pass  # backpressure (sends block) or the server closed a stream it cannot keep up with
+            peak = max(peak, _rss_mb(server.proc.pid))
+        with urllib.request.urlopen(server.health, timeout=10) as health:
+            assert health.status == 200  # and the server is still there
+    assert sent < (300 << 20), "the server took 300 MiB from one client without pushing back"
+    assert peak - baseline < RSS_BOUND_MB, (baseline, peak, sent)

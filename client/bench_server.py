@@ -243,11 +243,13 @@ async def cmd_soak(args: argparse.Namespace, server: LocalServer) -> dict[str, A
     sampler = asyncio.create_task(sample())
     results = [r for rs in await asyncio.gather(*(loop(js) for js in streams)) for r in rs]
     sampler.cancel()
-    rss = [s["rss_mb"] for s in samples]
+    warm = min(60.0, args.duration_s / 4)  # the first transcriptions allocate the model's buffers
+    rss = [s["rss_mb"] for s in samples if s["t_s"] >= warm]
     half = len(rss) // 2
     return {
         "duration_s": args.duration_s,
         "samples": samples,
+        "warm_up_s": warm,
         "rss_first_half_mean_mb": statistics.mean(rss[:half]) if half else None,
         "rss_second_half_mean_mb": statistics.mean(rss[half:]) if half else None,
         "rss_growth_mb": (statistics.mean(rss[half:]) - statistics.mean(rss[:half])) if half else None,

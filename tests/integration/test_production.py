@@ -126,4 +126,5 @@ async def test_an_unpaced_upload_that_never_reads_cannot_grow_the_server(speech)
         with urllib.request.urlopen(server.health, timeout=10) as health:
             assert health.status == 200  # and the server is still there
     assert sent < (300 << 20), "the server took 300 MiB from one client without pushing back"
+    print(f"RSS {baseline:.0f} -> {peak:.0f} MB after {sent / (1 << 20):.0f} MiB sent")
     assert peak - baseline < RSS_BOUND_MB, (baseline, peak, sent)

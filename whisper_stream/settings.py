@@ -55,7 +55,10 @@ class ServerSettings(BaseSettings):
         3.0, gt=0, description="refuse new streams (1013) while finals wait longer than this for the engine"
     )
     max_lag_s: float = Field(
-        30.0, gt=0, description="unprocessed audio per stream: partials stop at half, beyond it 1013"
+        120.0,
+        gt=0,
+        description="seconds of received audio a stream's sent messages do not cover yet: partials stop "
+        "at half, beyond it 1013 (an unpaced upload is held far below by backpressure)",
     )
     drain_timeout_s: float = Field(
         25.0, ge=0, description="on SIGTERM/SIGINT, time for each stream's last final before closing (1001)"

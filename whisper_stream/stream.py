@@ -77,7 +77,9 @@ class Limits:
     max_streams: int = 64  # hard cap per process (memory), whatever the engine's speed
     max_streams_per_client: int = 16  # per API key, or per client address without one
     admit_max_delay_s: float = 3.0  # refuse new streams (1013) while finals wait longer for the engine
-    max_lag_s: float = 30.0  # unprocessed audio per stream; partials stop at half, beyond -> 1013
+    # unprocessed audio per stream; partials stop at half, beyond -> 1013. An unpaced upload stays far below:
+    # the inbox (<= max_frame_bytes, ~32 s) plus max_finals_in_flight utterances is all a stream can hold.
+    max_lag_s: float = 120.0
     max_finals_in_flight: int = 4  # audio is not read while this many finals are unanswered
     send_timeout_s: float = 30.0  # a client that does not read for this long is closed (1008)
     drain_timeout_s: float = 25.0  # on SIGTERM, time for the streams' last finals before 1001

@@ -2,7 +2,10 @@
 
 Finals are never dropped. Partials are best-effort: each stream has at most one in flight (the session
 enforces it); a queued partial whose utterance has meanwhile ended (its final is queued) is dropped unrun,
-and so is one still waiting after `partial_max_wait_s`. Up to `engine.max_inflight` calls run at once
+and so is one still waiting after `partial_max_wait_s`. Speculative finals (a final decoded before its
+endpoint) queue with the partials, ahead of them, and are shed by the same rules until the session confirms
+them; a confirmed one moves to the front of the finals. A final a client's flush asked for (`urgent`) goes
+ahead of every other final. Up to `engine.max_inflight` calls run at once
 (1 for the in-process CPU engine, several for Triton, whose dynamic batcher merges them).
 """
 
@@ -28,11 +31,13 @@ Callback = Callable[[TranscribeResult | None, str | None, dict[str, float] | Non
 @dataclass
 class Job:
     owner: object
-    kind: str  # "final" | "partial"
+    kind: str  # "final" | "partial" | "speculative"
     request: TranscribeRequest
     callback: Callback
     wanted: Callable[[], bool] = lambda: True  # a partial whose utterance already ended is not run
     queued_at: float = field(default_factory=time.monotonic)
+    urgent: bool = False  # a final a flush asked for: ahead of every other final
+    confirmed: Callable[[], bool] = lambda: False  # a speculative final its endpoint confirmed: now a final
 
 
 class Scheduler:
@@ -57,7 +62,16 @@ class Scheduler:
             self._task = None
 
     def submit(self, job: Job) -> None:
-        (self._finals if job.kind == "final" else self._partials).append(job)
+        if job.kind == "final" and job.urgent:
+            self._finals.appendleft(job)
+        elif job.kind == "final":
+            self._finals.append(job)
+        elif job.kind == "speculative":  # behind other speculative finals, ahead of partials
+            queued = self._partials
+            at = next((i for i, j in enumerate(queued) if j.kind != "speculative"), len(queued))
+            queued.insert(at, job)
+        else:
+            self._partials.append(job)
         self._wake.set()
 
     def cancel(self, owner: object) -> None:
@@ -72,7 +86,11 @@ class Scheduler:
     def _next_batch(self) -> list[Job]:
         now = time.monotonic()
         keep: deque[Job] = deque()
+        confirmed = [j for j in self._partials if j.confirmed()]
+        self._finals.extendleft(reversed(confirmed))  # waiting since the first silent frame: oldest first
         for job in self._partials:
+            if any(job is c for c in confirmed):
+                continue
             if now - job.queued_at > self.partial_max_wait_s or not job.wanted():
                 metrics.PARTIALS_SHED.inc()
                 log.debug("partial shed after %.2f s in queue", now - job.queued_at)

@@ -242,9 +242,12 @@ async def _run_session(transport: Transport, runtime: Runtime, session: Session)
                     wanted = (
                         (lambda rid=rid: session.partial_wanted(rid)) if action.kind == "partial" else None
                     )
-                    job = Job(session, action.kind, action.request, on_result(rid))
+                    job = Job(session, action.kind, action.request, on_result(rid), urgent=action.urgent)
                     if wanted is not None:
                         job.wanted = wanted
+                    if action.kind == "speculative":
+                        job.wanted = lambda rid=rid: session.speculative_wanted(rid)
+                        job.confirmed = lambda rid=rid: session.speculative_confirmed(rid)
                     scheduler.submit(job)
                 elif isinstance(action, Close):
                     await transport.close(action.code, action.reason)

@@ -4,21 +4,31 @@
     python -m client.bench --url ws://127.0.0.1:8000/v1/websocket --concurrency 1,4,16
     python -m client.bench --url ws://A/v1/websocket --label cpu --url ws://B/v1/websocket --label triton
 
-Each stream is utterances of real speech (the repository's data/, or `--data DIR` / $WHISPER_STREAM_DATA)
-joined with pauses of known length, sent in 32 ms frames paced in real time (`--speed`), so every
-utterance's end of speech is known exactly. For each concurrency N of the ramp, and each server (`--url`,
-repeatable, compared in one run: the first is the baseline of the ratio table), N such streams run at once
-(stream i starts `i * --stagger-s` later). Measured per utterance (definitions in client/bench_metrics.py):
-end-of-speech -> final latency, time to first partial, partial cadence, unstable partial words, WER of the
-finals (Whisper's English normalizer for English, its basic normalizer otherwise), and the server's lag over
-time. Per run:
+Each stream is the same `--utterances-per-stream` recordings of real speech (the repository's data/, or
+`--data DIR` / $WHISPER_STREAM_DATA), stream i starting i recordings further into the list, so every
+concurrency measures the same utterances. Each recording is trimmed once by a fixed energy rule
+(`client.speech.energy_bounds`, no VAD) and followed by `--pause-s` of digital silence: every utterance's end
+of speech is known exactly, not guessed by the server's detector. Frames of 32 ms are paced in real time
+(`--speed`). TTFS (time to final) = arrival of the final covering an utterance - send time of its last
+sample, in two modes run side by side (`--modes`):
+- server: the server's own endpointing decides (Baseten's default);
+- flush: a client-side Silero VAD (the server's model, `--flush-stop-ms` 200 ms of silence ends speech, as
+  pipecat's SileroVADAnalyzer with stop_secs 0.2) sends `{"type": "finalize"}` when it fires, as pipecat does.
+For each repetition (`--repeats`), concurrency N, mode and server (`--url`, repeatable, compared in one run:
+the first is the baseline of the ratio table), N such streams run at once (stream i starts
+`i * --stagger-s` later). Measured per utterance (definitions in client/bench_metrics.py): TTFS, time to first
+partial, partial cadence, unstable partial words, WER of the finals (Whisper's English normalizer for English,
+its basic normalizer otherwise; with a local server also the same model offline on the same trimmed
+recordings), and the server's lag over time. Per run:
 - RTFx = total audio seconds of the N streams / wall seconds from the first frame to the last `finished`
   (throughput: about N x speed while the server keeps up);
 - RTF = a stream's wall time from first frame to `finished` / its paced audio duration, the worst stream of
   the run (1.0: the last final came as the audio ended; 1.3: the server needed 30 % longer than real time).
 
-Writes a table to stdout, `bench.json` (every number, the settings, the servers, the machine) and PNG plots
-into `--out`. With no `--url` it starts `python -m whisper_stream serve` itself on a free 127.0.0.1 port.
+Writes a table to stdout (per server, mode and N: n utterances and matched finals per repetition, p50 and
+p95 as median [min-max] over the repetitions, pooled percentiles), `bench.json` (every number, the settings,
+the servers, the machine and its load average) and PNG plots into `--out`. With no `--url` it starts
+`python -m whisper_stream serve` itself on a free 127.0.0.1 port.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -36,11 +47,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
+
 from client import bench_metrics as bm
 from client import wire
 from client.local_server import LocalServer
-from client.protocol import add_stream_options, metadata_from_args, stream_pcm
-from client.speech import DATA_ENV, JoinedStream, Utterance, join_utterances, load_manifest, to_pcm16, wer
+from client.protocol import add_stream_options, is_transcription, metadata_from_args, stream_pcm
+from client.speech import (
+    DATA_ENV,
+    SR,
+    JoinedStream,
+    Utterance,
+    join_utterances,
+    load_manifest,
+    to_pcm16,
+    wer,
+)
+
+MODES = ("server", "flush")
+FINALIZE = json.dumps({"type": "finalize"})
 
 NORMALIZERS = {
     "en": "Whisper's English normalizer (whisper_normalizer.english.EnglishTextNormalizer), markup removed",
@@ -91,11 +116,33 @@ def select_utterances(
 
 
 def build_streams(utts: list[Utterance], n: int, per_stream: int, pause_s: float) -> list[JoinedStream]:
-    """Stream i holds utterances i*K .. i*K+K-1 (wrapping): other speech per stream, the same in every run."""
+    """Every stream holds the same K utterances (the first K selected), stream i rotated by i: the same speech
+    at every concurrency, but streams do not speak the same words at the same moment. Recordings are trimmed
+    (`energy_bounds`), so each speech end is exact."""
+    chosen = [utts[j % len(utts)] for j in range(per_stream)]
     return [
-        join_utterances([utts[(i * per_stream + j) % len(utts)] for j in range(per_stream)], pause_s=pause_s)
+        join_utterances([chosen[(i + j) % per_stream] for j in range(per_stream)], pause_s=pause_s, trim=True)
         for i in range(n)
     ]
+
+
+def client_flushes(audio: np.ndarray, stop_ms: int, threshold: float) -> tuple[dict[int, str], list[float]]:
+    """pipecat's client side: Silero (the server's model) on the audio as it is sent, 512-sample frames;
+    when `stop_ms` of silence ends speech (the same rule as the server's, `Endpointer`), `finalize` is sent
+    right after that frame. -> ({frame index: finalize}, the speech ends the client VAD found, stream s)."""
+    from whisper_stream.endpointer import Endpointer, silence_frames
+    from whisper_stream.vad import FRAME, SileroModel
+
+    ep = Endpointer(threshold, silence_frames(stop_ms))
+    after: dict[int, str] = {}
+    ends: list[float] = []
+    for i, p in enumerate(SileroModel().probabilities(audio)):
+        if ep.push(float(p), i * FRAME) == "end":
+            assert ep.silence_start is not None
+            after[i] = FINALIZE
+            ends.append(ep.silence_start / SR)
+            ep.close()
+    return after, ends
 
 
 # -- one run: N streams against one server -------------------------------------------------------------------
@@ -147,8 +194,12 @@ async def run_level(
     meta: dict[str, Any],
     args: argparse.Namespace,
     progress: Progress,
+    mode: str = "server",
+    flushes: list[dict[int, str]] | None = None,
+    repetition: int = 0,
 ) -> dict[str, Any]:
     norm = _normalizer(args.language)
+    load_before = _loadavg()
 
     async def one(i: int, js: JoinedStream) -> dict[str, Any]:
         await asyncio.sleep(i * args.stagger_s)
@@ -170,8 +221,9 @@ async def run_level(
                     api_key=target.api_key,
                     timeout_s=args.drain_timeout_s,
                     on_progress=progress.tracker(),
+                    after_frame=flushes[i] if mode == "flush" and flushes else None,
                 )
-            else:
+            else:  # the server mode only (checked with the arguments)
                 stream = wire.stream_deepgram if protocol == "deepgram" else wire.stream_openai
                 res = await stream(
                     target.url,
@@ -189,6 +241,8 @@ async def run_level(
                 "error": f"{type(exc).__name__}: {exc}",
                 "server_errors": [],
                 "finished": False,
+                "finals_speculative": 0,
+                "flushes_sent": 0,
                 "ended": time.monotonic(),
                 "wall_s": None,
                 "drain_s": None,
@@ -217,6 +271,10 @@ async def run_level(
             ),
             None,
         )
+        unscored = set(args.exclude_wer) | {u.id for u in js.utterances if not u.scored}
+        for u in utts:
+            u.scored = u.id not in unscored
+        final_msgs = [r.message for r in res.received if is_transcription(r.message, True)]
         last_sent = res.audio_sent_s[-1][0] if res.audio_sent_s else 0.0
         end_t = finished if finished is not None else (res.received[-1].t if res.received else last_sent)
         return {
@@ -229,6 +287,10 @@ async def run_level(
             "drain_s": round(end_t - last_sent, 3),
             "rtf": round(end_t / (info["audio_s"] / args.speed), 4) if args.speed > 0 else None,
             "messages": len(res.received),
+            "finals_speculative": sum(
+                1 for m in final_msgs if (m.get("timing_info") or {}).get("speculative")
+            ),
+            "flushes_sent": len(res.controls_sent),
             "utterances": [u.as_dict() for u in utts],
             "lag": bm.lag_series(res.received, res.audio_sent_s),
             "finals": [
@@ -243,8 +305,7 @@ async def run_level(
     for r in results:
         r.pop("started"), r.pop("ended")
     utts = [bm.UtteranceMetrics(**u) for r in results for u in r["utterances"]]
-    unscored = set(args.exclude_wer) | {u.id for js in streams for u in js.utterances if not u.scored}
-    scored = [u for u in utts if u.id not in unscored]
+    scored = [u for u in utts if u.scored]
     run_wer = (
         wer([u.reference for u in scored], [u.hypothesis for u in scored], args.language) if scored else None
     )
@@ -264,16 +325,83 @@ async def run_level(
             "drain_p50_s": bm.percentile(drains, 50),
             "drain_p95_s": bm.percentile(drains, 95),
             "server_lag_max_s": max(lags) if lags else None,
+            "finals_speculative": sum(r["finals_speculative"] for r in results),
+            "finals": sum(len(r["finals"]) for r in results),
+            "loadavg_before": load_before,
+            "loadavg_after": _loadavg(),
         }
     )
     return {
         "label": target.label,
         "url": target.url,
         "model": target.model,
+        "mode": mode,
+        "repetition": repetition,
         "concurrency": len(streams),
         "summary": summary,
         "streams": results,
     }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _spread(values: list[float | None]) -> dict[str, float] | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
+
+
+def aggregate(runs: list[dict[str, Any]], language: str = "en") -> list[dict[str, Any]]:
+    """Per server, mode and N over the repetitions: n and matched, each percentile as min / median / max of
+    the repetitions' values, pooled percentiles over every utterance of every repetition, pooled WER."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["label"], r.get("mode", "server"), r["concurrency"]), []).append(r)
+    rows = []
+    for (label, mode, n), rs in groups.items():
+        utts = [u for r in rs for s in r["streams"] for u in s["utterances"]]
+        lat = [u["latency_s"] for u in utts if u["latency_s"] is not None]
+        scored = [u for u in utts if u.get("scored", True)]
+        loads = [r["summary"].get(k) for r in rs for k in ("loadavg_before", "loadavg_after")]
+        finals = sum(r["summary"].get("finals", 0) for r in rs)
+        rows.append(
+            {
+                "label": label,
+                "mode": mode,
+                "concurrency": n,
+                "repetitions": len(rs),
+                "utterances_per_repetition": rs[0]["summary"]["utterances"],
+                "utterances": sum(r["summary"]["utterances"] for r in rs),
+                "matched": sum(r["summary"]["finals_matched"] for r in rs),
+                "latency_p50_s": _spread([r["summary"]["latency_p50_s"] for r in rs]),
+                "latency_p95_s": _spread([r["summary"]["latency_p95_s"] for r in rs]),
+                "pooled_p50_s": bm.percentile(lat, 50),
+                "pooled_p95_s": bm.percentile(lat, 95),
+                "pooled_max_s": max(lat) if lat else None,
+                "rtfx": _spread([r["summary"]["rtfx"] for r in rs]),
+                "rtf_max": max((r["summary"]["rtf_max"] or 0 for r in rs), default=None) or None,
+                "stream_errors": sum(r["summary"]["stream_errors"] for r in rs),
+                "wer": wer([u["reference"] for u in scored], [u["hypothesis"] for u in scored], language)
+                if scored
+                else _median_or_none([r["summary"].get("wer") for r in rs]),
+                "speculative_ratio": sum(r["summary"].get("finals_speculative", 0) for r in rs) / finals
+                if finals
+                else None,
+                "loadavg_1min": _spread([x[0] for x in loads if x]),
+            }
+        )
+    return rows
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
 
 
 # -- the whole ramp ------------------------------------------------------------------------------------------
@@ -283,20 +411,35 @@ async def run_bench(targets: list[Target], args: argparse.Namespace) -> dict[str
     utts = select_utterances(args.data, args.language, args.max_utterance_s, args.exclude, args.ids)
     ramp = sorted(set(args.concurrency))
     all_streams = build_streams(utts, max(ramp), args.utterances_per_stream, args.pause_s)
-    meta = metadata_from_args(args)
+    flushes = [client_flushes(s.audio, args.flush_stop_ms, args.vad_threshold) for s in all_streams]
+    flush_frames = [f for f, _ in flushes]
+    meta = {**metadata_from_args(args), "include_timing_info": True}  # says which finals were speculative
+    if args.speculative is not None:  # our server's extension; not sent unless asked, so others accept it
+        meta["streaming_params"]["speculative_finals"] = args.speculative
     per_run = [sum(len(s.audio) / 16000 for s in all_streams[:n]) for n in ramp]
-    progress = Progress(sum(per_run) * len(targets), enabled=not args.no_progress)
+    progress = Progress(
+        sum(per_run) * len(targets) * len(args.modes) * args.repeats, enabled=not args.no_progress
+    )
     runs = []
     started = time.time()
+    load_start = _loadavg()
     try:
-        for n in ramp:  # servers alternate at each N, so slow drift of the machine hits both alike
-            for target in targets:
-                progress.describe(f"{target.label} N={n}")
-                runs.append(await run_level(target, all_streams[:n], meta, args, progress))
-                if args.rest_s:
-                    await asyncio.sleep(args.rest_s)
+        # modes and servers alternate inside each N and repetition: slow drift of the machine hits all alike
+        for rep in range(args.repeats):
+            for n in ramp:
+                for mode in args.modes:
+                    for target in targets:
+                        progress.describe(f"{target.label} {mode} N={n} #{rep + 1}")
+                        runs.append(
+                            await run_level(
+                                target, all_streams[:n], meta, args, progress, mode, flush_frames, rep
+                            )
+                        )
+                        if args.rest_s:
+                            await asyncio.sleep(args.rest_s)
     finally:
         progress.close()
+    offline = offline_wer(all_streams[0], args) if args.offline_wer else None
     return {
         "started_unix": started,
         "duration_s": round(time.time() - started, 2),
@@ -305,7 +448,8 @@ async def run_bench(targets: list[Target], args: argparse.Namespace) -> dict[str
             {"label": t.label, "url": t.url, "model": t.model, "api_key": bool(t.api_key), "local": t.local}
             for t in targets
         ],
-        "machine": machine_info(),
+        "machine": {**machine_info(), "loadavg_start": load_start, "loadavg_end": _loadavg()},
+        "offline": offline,
         "normalizer": NORMALIZERS["en" if args.language == "en" else "other"],
         "streams": [
             {
@@ -314,29 +458,65 @@ async def run_bench(targets: list[Target], args: argparse.Namespace) -> dict[str
                 "audio_s": len(s.audio) / 16000,
                 "speech_starts": s.speech_starts,
                 "speech_ends": s.speech_ends,
+                "client_vad_ends": ends,
+                "finalize_after_frames": sorted(f),
             }
-            for i, s in enumerate(all_streams)
+            for i, (s, (f, ends)) in enumerate(zip(all_streams, flushes, strict=True))
         ],
         "runs": runs,
+        "aggregate": aggregate(runs, args.language),
         "comparison": compare(runs, [t.label for t in targets]),
     }
 
 
+def offline_wer(stream: JoinedStream, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The same model offline (faster-whisper, beam 1, no previous-text conditioning) on the same trimmed
+    recordings the streams carry: the reference the finals' WER is compared with. Local default model only."""
+    try:
+        from faster_whisper import WhisperModel
+
+        from whisper_stream.model_source import resolve_model
+    except ImportError as exc:
+        return {"error": f"offline WER needs faster-whisper: {exc}"}
+    argv = shlex.split(args.server_args)
+    name = argv[argv.index("--model") + 1] if "--model" in argv[:-1] else None
+    model = WhisperModel(resolve_model(name), device="cpu", compute_type="int8")
+    refs, hyps = [], []
+    for u, a, b in zip(stream.utterances, stream.speech_starts, stream.speech_ends, strict=True):
+        if not u.scored or u.id in args.exclude_wer:
+            continue
+        audio = stream.audio[round(a * SR) : round(b * SR)]
+        segments, _ = model.transcribe(
+            audio, language=None if args.language == "auto" else args.language, beam_size=1,
+            condition_on_previous_text=False,
+        )  # fmt: skip
+        refs.append(u.text)
+        hyps.append(" ".join(s.text.strip() for s in segments))
+    score = wer(refs, hyps, args.language) if refs else None
+    return {"model": name or "default", "wer": score, "n": len(refs)}
+
+
 def compare(runs: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
-    """Per N and server: latency p50/p95 and RTFx as ratios to the first server's (the baseline)."""
+    """Per mode, N and server: the repetitions' median latency p50/p95 and RTFx as ratios to the first
+    server's (the baseline)."""
     if len(labels) < 2:
         return []
-    by = {(r["label"], r["concurrency"]): r["summary"] for r in runs}
+    by = {(a["label"], a["mode"], a["concurrency"]): a for a in aggregate(runs)}
+
+    def med(row: dict[str, Any], key: str) -> float | None:
+        return row[key]["median"] if row.get(key) else None
+
     out = []
-    for n in sorted({r["concurrency"] for r in runs}):
-        base = by.get((labels[0], n))
+    for mode, n in sorted({(m, c) for _, m, c in by}):
+        base = by.get((labels[0], mode, n))
         for label in labels[1:]:
-            cur = by.get((label, n))
+            cur = by.get((label, mode, n))
             if not base or not cur:
                 continue
-            row: dict[str, Any] = {"concurrency": n, "label": label, "baseline": labels[0]}
+            row: dict[str, Any] = {"mode": mode, "concurrency": n, "label": label, "baseline": labels[0]}
             for key in ("latency_p50_s", "latency_p95_s", "rtfx"):
-                row[f"{key}_ratio"] = cur[key] / base[key] if cur[key] and base[key] else None
+                c, b = med(cur, key), med(base, key)
+                row[f"{key}_ratio"] = c / b if c and b else None
             out.append(row)
     return out
 
@@ -378,54 +558,60 @@ def _f(v: Any, spec: str = ".2f", unit: str = "") -> str:
     return "-" if v is None else f"{v:{spec}}{unit}"
 
 
+def _ms_spread(v: dict[str, float] | None) -> str:
+    if not v:
+        return "-"
+    return f"{v['median'] * 1000:.0f} [{v['min'] * 1000:.0f}-{v['max'] * 1000:.0f}]"
+
+
 def format_table(report: dict[str, Any]) -> str:
-    head = (
-        "server",
-        "N",
-        "utts",
-        "matched",
-        "lat p50",
-        "lat p95",
-        "lat max",
-        "1st part p50",
-        "cadence",
-        "unstable",
-        "WER",
-        "RTFx",
-        "RTF max",
-        "drain p95",
-        "lag max",
-        "errors",
-    )
-    rows = [head]
-    for run in report["runs"]:
-        s = run["summary"]
+    rows = [
+        (
+            "server",
+            "mode",
+            "N",
+            "reps",
+            "n/rep",
+            "matched",
+            "TTFS p50 ms med [min-max]",
+            "TTFS p95 ms med [min-max]",
+            "pooled p50/p95/max ms",
+            "WER",
+            "spec",
+            "RTF max",
+            "load 1m",
+            "errors",
+        )
+    ]
+    for a in report.get("aggregate") or aggregate(report["runs"]):
+        keys = ("pooled_p50_s", "pooled_p95_s", "pooled_max_s")
+        pooled = "/".join("-" if a[k] is None else f"{a[k] * 1000:.0f}" for k in keys)
+        load = a["loadavg_1min"]
         rows.append(
             (
-                run["label"],
-                str(run["concurrency"]),
-                str(s["utterances"]),
-                str(s["finals_matched"]),
-                _f(s["latency_p50_s"], ".3f", "s"),
-                _f(s["latency_p95_s"], ".3f", "s"),
-                _f(s["latency_max_s"], ".3f", "s"),
-                _f(s["first_partial_p50_s"], ".2f", "s"),
-                _f(s["partial_interval_p50_s"], ".2f", "s"),
-                _f(s["unstable_partial_word_ratio"], ".1%"),
-                _f(s["wer"], ".1%"),
-                _f(s["rtfx"], ".2f"),
-                _f(s["rtf_max"], ".2f"),
-                _f(s["drain_p95_s"], ".2f", "s"),
-                _f(s["server_lag_max_s"], ".2f", "s"),
-                str(s["stream_errors"]),
+                a["label"],
+                a["mode"],
+                str(a["concurrency"]),
+                str(a["repetitions"]),
+                str(a["utterances_per_repetition"]),
+                f"{a['matched']}/{a['utterances']}",
+                _ms_spread(a["latency_p50_s"]),
+                _ms_spread(a["latency_p95_s"]),
+                pooled,
+                _f(a["wer"], ".1%"),
+                _f(a["speculative_ratio"], ".0%"),
+                _f(a["rtf_max"], ".2f"),
+                f"{load['min']:.1f}-{load['max']:.1f}" if load else "-",
+                str(a["stream_errors"]),
             )
         )
     lines = [_columns(rows)]
-    if report["comparison"]:
-        comp = [("N", "server", "vs", "lat p50 ratio", "lat p95 ratio", "RTFx ratio")]
+    if report.get("comparison"):
+        comp = [("mode", "N", "server", "vs", "lat p50 ratio", "lat p95 ratio", "RTFx ratio")]
         for c in report["comparison"]:
             comp.append(
                 (
+                    c.get("mode", "server"),
                     str(c["concurrency"]),
                     c["label"],
                     c["baseline"],
@@ -435,11 +621,18 @@ def format_table(report: dict[str, Any]) -> str:
                 )
             )
         lines += ["", _columns(comp)]
+    offline = report.get("offline")
+    if offline and offline.get("wer") is not None:
+        n = offline["n"]
+        lines += ["", f"offline WER (same model, same trimmed recordings, n={n}): {offline['wer']:.1%}"]
     lines += [
         "",
         f"WER normalizer: {report['normalizer']}",
-        "latency = arrival of the final covering an utterance's end - send time of its last sample; "
-        "RTFx = audio s / wall s of a run; RTF = a stream's wall s / its paced audio s (worst stream)",
+        "TTFS = arrival of the final covering an utterance - send time of its last sample (the end of "
+        "the energy-trimmed recording, followed by digital silence); p50/p95 per repetition, median "
+        "[min-max] over repetitions; pooled = every utterance of every repetition; n/rep = utterances per "
+        "repetition (with n <= 20 a p95 is close to the maximum); spec = finals decoded speculatively; "
+        "load 1m = the machine's 1-minute load average around the runs",
     ]
     return "\n".join(lines)
 
@@ -492,7 +685,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"speech data folder with manifest.jsonl (default ${DATA_ENV}, else the repository's data/)",
     )
-    p.add_argument("--utterances-per-stream", type=int, default=4)
+    p.add_argument(
+        "--utterances-per-stream", type=int, default=4, help="K: every stream holds the same K utterances"
+    )
+    p.add_argument(
+        "--modes",
+        type=_str_list,
+        default=list(MODES),
+        help="server (server endpointing), flush (client VAD + finalize); default both",
+    )
+    p.add_argument(
+        "--flush-stop-ms", type=int, default=200, help="client VAD silence before finalize (stop_secs)"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="repetitions of the whole ramp (default 3)")
+    p.add_argument(
+        "--speculative",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="set streaming_params.speculative_finals (default: not sent, the server's default: on)",
+    )
+    p.add_argument(
+        "--offline-wer",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="WER of the same model offline on the same audio (default: on with a local server)",
+    )
     p.add_argument("--pause-s", type=float, default=1.5, help="silence between utterances (default 1.5)")
     p.add_argument("--max-utterance-s", type=float, default=30.0, help="skip longer recordings")
     p.add_argument(
@@ -568,6 +785,13 @@ def make_targets(args: argparse.Namespace, local: LocalServer | None) -> list[Ta
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    bad = [m for m in args.modes if m not in MODES]
+    if bad or not args.modes or args.repeats < 1:
+        raise SystemExit(f"--modes takes {', '.join(MODES)}; --repeats >= 1")
+    if args.protocol != "baseten" and "flush" in args.modes:
+        raise SystemExit(f"--modes flush sends Baseten's finalize: use --modes server with {args.protocol}")
+    if args.offline_wer is None:
+        args.offline_wer = not args.url
     args.out.mkdir(parents=True, exist_ok=True)
     local = None
     if not args.url:
@@ -596,8 +820,8 @@ def main(argv: list[str] | None = None) -> int:
         for stream in run["streams"]:
             if stream["error"]:
                 print(
-                    f"bench: {run['label']} N={run['concurrency']} stream {stream['stream']}: "
-                    f"{stream['error']}",
+                    f"bench: {run['label']} {run['mode']} N={run['concurrency']} #{run['repetition'] + 1} "
+                    f"stream {stream['stream']}: {stream['error']}",
                     file=sys.stderr,
                 )
     print(format_table(report))

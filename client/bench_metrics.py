@@ -4,8 +4,9 @@ All times are on the client's monotonic clock, in seconds since the stream's fir
 `StreamResult.audio_sent_s`); stream times (`start_time`/`end_time`, `speech_ends`) are seconds of audio.
 
 Definitions (the README repeats them):
-- end of speech: the stream time where an utterance's speech ends (Silero on the recording alone,
-  `join_utterances(...).speech_ends`: recordings carry trailing silence).
+- end of speech: the stream time where an utterance's speech ends (`join_utterances(...).speech_ends`; the
+  benchmark trims each recording by a fixed energy rule and follows it with digital silence, so it is the
+  trimmed recording's last sample: exact, and found without the server's VAD).
 - end-of-speech -> final latency: arrival of the first final whose last segment ends at or after the
   utterance's end minus `tolerance_s` (and which starts before that end, so a later utterance's final never
   counts), minus the wall time at which the frame holding the utterance's last sample was sent.
@@ -154,6 +155,7 @@ class UtteranceMetrics:
     partial_intervals_s: list[float] = field(default_factory=list)
     unstable_words: int = 0
     partial_words: int = 0
+    scored: bool = True  # counted in WER (False: the reference is another recogniser's output)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,6 +46,7 @@ class Received:
 class StreamResult:
     received: list[Received] = field(default_factory=list)
     audio_sent_s: list[tuple[float, float]] = field(default_factory=list)  # (wall t, audio seconds sent)
+    controls_sent: list[tuple[float, float]] = field(default_factory=list)  # text frames: (wall t, audio s)
     close_code: int | None = None
     close_reason: str = ""
 
@@ -181,16 +182,21 @@ async def stream_pcm(
     timeout_s: float = 300.0,
     on_message: Any = None,
     on_progress: Callable[[float], None] | None = None,
+    after_frame: dict[int, str] | None = None,
 ) -> StreamResult:
     """Stream `pcm` paced at `speed` x real time (0 = as fast as possible) and collect every reply.
 
     `on_progress(audio_seconds_sent)` is called after every frame (the benchmark's progress bar).
+    `after_frame`: a text frame (e.g. `{"type": "finalize"}`) to send right after audio frame k.
     """
+    controls = after_frame or {}
 
-    async def paced() -> AsyncIterator[bytes]:
+    async def paced() -> AsyncIterator[bytes | str]:
         t0 = time.monotonic()
         for i in range(0, len(pcm), frame_bytes):
             yield pcm[i : i + frame_bytes]
+            if i // frame_bytes in controls:
+                yield controls[i // frame_bytes]
             if speed > 0:
                 delay = t0 + (i + frame_bytes) / bytes_per_second / speed - time.monotonic()
                 if delay > 0:
@@ -212,7 +218,7 @@ async def stream_pcm(
 async def stream_frames(
     url: str,
     meta: dict[str, Any],
-    frames: AsyncIterator[bytes],
+    frames: AsyncIterator[bytes] | AsyncIterator[bytes | str],
     *,
     bytes_per_second: int = 32000,
     api_key: str | None = None,
@@ -226,7 +232,8 @@ async def stream_frames(
     The pacing belongs to the iterator: a file is paced by `stream_pcm`, a microphone by its own clock. After
     `end_audio` it waits (at most `timeout_s`) until the server closes, i.e. after `finished`, so the result
     holds the last finals. Arrival times and audio progress share one clock: seconds since the metadata
-    was sent (just before the first frame).
+    was sent (just before the first frame). A `str` from `frames` is sent as a text frame (a control
+    message); its send time is kept in `controls_sent`.
     """
     result = StreamResult()
     async with websockets.connect(
@@ -252,6 +259,10 @@ async def stream_frames(
             async for frame in frames:
                 if reader.done():
                     break
+                if isinstance(frame, str):
+                    await ws.send(frame)
+                    result.controls_sent.append((time.monotonic() - t0, sent / bytes_per_second))
+                    continue
                 await ws.send(frame)
                 sent += len(frame)
                 result.audio_sent_s.append((time.monotonic() - t0, sent / bytes_per_second))

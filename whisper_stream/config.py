@@ -52,6 +52,9 @@ class StreamingParams(_Strict):
     prioritize_latency: bool = True
     skip_partial_if_hallucination: bool = True
     include_pipeline_latency_metric: bool = False
+    # Our addition: decode an utterance's final from its first silent frame, sent once the endpoint or a
+    # flush confirms it (dropped if speech resumes). Off: the final is decoded only after the endpoint.
+    speculative_finals: bool = True
 
 
 class SamplingParams(_Strict):

@@ -2,7 +2,9 @@
 
 Silero's streaming rule: speech starts at a frame with p >= threshold; a silence run starts at the first frame
 with p < threshold - 0.15 and is cancelled by a frame with p >= threshold (frames in between neither start nor
-cancel it); speech ends once the run has lasted `min_silence_duration_ms`, at the run's first frame. The live
+cancel it); speech ends once the run has lasted `min_silence_duration_ms`, at the run's first frame. That
+first silent frame is also the earliest moment the end is known if it comes (`pause_started`): the session
+starts a speculative final there, and drops it if speech resumes (`silence_start` back to None). The live
 session, the Triton ensemble's VAD trimming and the benchmark's speech bounds all use this code, so they agree
 on every frame. Pure: positions in, events out, no audio and no clock.
 """
@@ -41,9 +43,11 @@ class Endpointer:
         self.in_speech = False
         self.speech_frames = 0  # frames with p >= threshold in the open segment
         self.silence_start: int | None = None  # sample where the current silence run began
+        self.pause_started = False  # whether the latest frame began a silence run (its first silent frame)
 
     def push(self, p: float, frame_start: int) -> Literal["start", "end"] | None:
         """The frame at `frame_start` had speech probability `p`: did speech start, or end?"""
+        self.pause_started = False
         if not self.in_speech:
             if p >= self.threshold:
                 self.in_speech, self.speech_frames, self.silence_start = True, 1, None
@@ -54,6 +58,7 @@ class Endpointer:
             self.speech_frames += 1
         elif p < self.threshold - NEG_OFFSET and self.silence_start is None:
             self.silence_start = frame_start
+            self.pause_started = True
         if self.silence_start is not None:
             if (frame_start + FRAME - self.silence_start) // FRAME >= self.min_silence_frames:
                 return "end"

@@ -2,8 +2,11 @@
 
 Finals are never dropped. Partials are best-effort: each stream has at most one in flight (the session
 enforces it); a queued partial whose utterance has meanwhile ended is dropped unrun, and so is one still
-waiting after `partial_max_wait_s`. Up to `engine.max_inflight` calls run at once (1 for the in-process CPU
-engine, several for Triton, whose dynamic batcher merges them).
+waiting after `partial_max_wait_s`. Speculative finals (a final decoded before its endpoint) queue with the
+partials, ahead of them, and are shed by the same rules until the session confirms them; a confirmed one
+becomes an urgent final. A final a client's flush asked for (`urgent`) goes ahead of every other final. Up to
+`engine.max_inflight` calls run at once (1 for the in-process CPU engine, several for Triton, whose dynamic
+batcher merges them).
 
 Fairness: the engine is shared by engine time, not by request count. Each stream's recent engine time
 (decayed with a `FAIR_SHARE_HALF_LIFE_S` half-life, an engine call's time split among its requests by audio
@@ -48,11 +51,13 @@ DELAY_SMOOTHING = 0.2  # weight of the newest final's queue wait in the smoothed
 @dataclass
 class Job:
     owner: object
-    kind: str  # "final" | "partial"
+    kind: str  # "final" | "partial" | "speculative"
     request: TranscribeRequest
     callback: Callback
     wanted: Callable[[], bool] = lambda: True  # a partial whose utterance already ended is not run
     queued_at: float = field(default_factory=time.monotonic)
+    urgent: bool = False  # a final a flush asked for: ahead of every other final
+    confirmed: Callable[[], bool] = lambda: False  # a speculative final its endpoint confirmed: now a final
 
 
 class _Usage:
@@ -147,6 +152,10 @@ class Scheduler:
         now = time.monotonic()
         keep = []
         for job in self._partials:
+            if job.confirmed():  # a speculative final its endpoint confirmed: a final now, never shed
+                job.urgent = True
+                self._finals.append(job)
+                continue
             if now - job.queued_at > self.partial_max_wait_s or not job.wanted():
                 metrics.PARTIALS_SHED.inc()
                 log.debug("partial shed after %.2f s in queue", now - job.queued_at)
@@ -155,11 +164,12 @@ class Scheduler:
                 keep.append(job)
         self._partials = keep
         size = self.engine.max_batch_size
-        # least engine time lately first; within a stream, in order (stable sort on queue time)
-        self._finals.sort(key=lambda j: (self._usage_of(j, now), j.queued_at))
+        # flush-requested and confirmed finals first, then least engine time lately; within a stream, in order
+        self._finals.sort(key=lambda j: (not j.urgent, self._usage_of(j, now), j.queued_at))
         batch, self._finals = self._finals[:size], self._finals[size:]
         if len(batch) < size and self._partials:
-            self._partials.sort(key=lambda j: (self._usage_of(j, now), j.queued_at))
+            # speculative finals ahead of partials; both shed first when the engine is behind
+            self._partials.sort(key=lambda j: (j.kind != "speculative", self._usage_of(j, now), j.queued_at))
             room = size - len(batch)
             batch, self._partials = batch + self._partials[:room], self._partials[room:]
         return batch

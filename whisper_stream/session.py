@@ -10,6 +10,16 @@ reaches back into audio an earlier final already covered, so consecutive finals 
 that reaches `final_transcript_max_duration_s` is cut at its quietest frame near the end and the rest of the
 speech continues in the next segment: every sample of speech is in exactly one final.
 
+Speculative finals (`streaming_params.speculative_finals`, on by default): at an utterance's first silent
+frame (once its padding has arrived) the session asks for the final's decode at once (`Transcribe` kind
+"speculative", which the scheduler sheds like a partial). If speech resumes, that decode is dropped and its
+result never sent. If the endpoint or a flush (`finalize`, `end_audio`) then closes the segment at exactly
+that window, with the same decoding options, the result is the final: sent at once if it has arrived,
+otherwise as soon as it does (the scheduler promotes the queued job to a final). A flush whose trailing audio
+the VAD calls silence closes the segment at the speculative window, so it needs no new decode. A flush with
+less speech than `MIN_SPEECH_FRAMES` leaves the segment open: its audio joins the next flush or endpoint
+instead of being lost.
+
 Memory per stream is bounded: the audio buffer holds at most the maximum segment plus padding (about 2 MB
 for 30 s), and at most one partial is in flight.
 """
@@ -29,7 +39,7 @@ from whisper_stream.audio import AudioDecoder, normalize_loudness
 from whisper_stream.config import ConfigError, StreamConfig, merge_update, short
 from whisper_stream.delivery import InOrder
 from whisper_stream.endpointer import Endpointer, silence_frames
-from whisper_stream.engines.interface import SAMPLE_RATE, TranscribeRequest, TranscribeResult
+from whisper_stream.engines.interface import SAMPLE_RATE, DecodeOptions, TranscribeRequest, TranscribeResult
 from whisper_stream.hallucination import filter_segments, possible_hallucination
 from whisper_stream.vad import FRAME, SpeechProbability
 
@@ -64,11 +74,12 @@ class Send:
 @dataclass(frozen=True)
 class Transcribe:
     request_id: int
-    kind: Literal["partial", "final"]
+    kind: Literal["partial", "final", "speculative"]
     request: TranscribeRequest
     segment: int
     start_s: float
     end_s: float
+    urgent: bool = False  # a final a client's flush asked for: ahead of every other queued job
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,19 @@ class _Pending:
     known_language: tuple[str, float | None] | None = None  # language reused from the utterance's first chunk
     processing_s: float = 0.0  # audio decoding + VAD time spent on this segment's audio
     cause: Cause | None = None
+    speculative: bool = False  # decoded from the first silent frame, before the endpoint confirmed it
+
+
+@dataclass
+class _Spec:
+    """The open segment's speculative final: requested, not yet confirmed by the endpoint or a flush."""
+
+    transcribe: Transcribe
+    pending: _Pending
+    silence_start: int  # the silence run it was started for: speech resuming ends that run
+    start: int
+    end: int
+    done: _Done | None = None  # its result, when it arrived before the confirmation
 
 
 @dataclass
@@ -168,6 +192,9 @@ class Session:
         self._next_id = 0
         self._inflight: dict[int, _Pending] = {}
         self._partial_inflight: int | None = None
+        self._spec: _Spec | None = None
+        self._spec_run: int | None = None  # silence run the latest speculative final was started for
+        self._promoted: dict[int, Transcribe] = {}  # confirmed speculative finals whose result is awaited
         self._delivery: InOrder[_Done, _Done] = InOrder()
         self._covered_s = 0.0  # end of the audio the latest sent transcription covers
         self._speech_end: int | None = None  # end of the latest utterance, until utterance_end is reported
@@ -197,6 +224,7 @@ class Session:
         self._chunk_language = w.enable_chunk_level_language_detection
         self._condition = w.condition_on_previous_finals
         self._timing = config.include_timing_info or s.include_pipeline_latency_metric
+        self._speculate = s.speculative_finals
         self._options = config.decode_options()
         self._partial_options = replace(self._options, temperatures=self._options.temperatures[:1])
         if len(self._buf) and self._buffer_size() > len(self._buf):  # a longer maximum or padding: grow
@@ -406,14 +434,24 @@ class Session:
             actions += self._on_frame(padded, float(self._vad(padded[None, :])[0]))
         self._ending = True
         if self._ep.in_speech:
-            actions += self._close_segment(self._buf_end, flush=True, cause="end_of_audio")
+            actions += self._close_segment(self._flush_end(), flush=True, urgent=True, cause="end_of_audio")
         return actions + self._maybe_finish()
 
     def finalize(self) -> list[Action]:
-        """Turn the speech so far into a final now; the stream stays open."""
-        if not self._ep.in_speech:
+        """Turn the speech so far into a final now; the stream stays open.
+
+        Less speech than `MIN_SPEECH_FRAMES` is not dropped (as the endpoint drops a click): the segment stays
+        open, so a client that flushes often never loses the start of a word."""
+        if not self._ep.in_speech or self._ep.speech_frames < MIN_SPEECH_FRAMES:
             return []
-        return self._close_segment(self._buf_end, cause="finalize")
+        return self._close_segment(self._flush_end(), urgent=True, cause="finalize")
+
+    def _flush_end(self) -> int:
+        """Where a flush closes the segment: at the speculative window if only silence followed it."""
+        spec = self._spec
+        if spec is not None and self._ep.silence_start == spec.silence_start:
+            return spec.end
+        return self._buf_end
 
     def on_result(
         self,
@@ -434,6 +472,20 @@ class Session:
             if result is None:
                 return [self._error("TRANSCRIPTION_ERROR", error, True, now)] if error else []
             return self._on_partial(pending, result, timing)
+        promoted = self._promoted.pop(request_id, None)
+        if pending.speculative and promoted is None:  # not confirmed yet
+            spec = self._spec
+            if spec is not None and spec.transcribe.request_id == request_id:
+                if result is not None:
+                    spec.done = _Done(pending, result, None, timing)
+                else:  # shed or failed: the endpoint will ask for the final as usual
+                    self._spec = None
+            return []
+        if promoted is not None and result is None and error is None:
+            # shed before the confirmation reached the scheduler: decode it now, as a final
+            pending.speculative = False
+            self._inflight[request_id] = pending
+            return [promoted]
         if (
             result is not None
             and pending.continues
@@ -447,6 +499,15 @@ class Session:
         """Whether a queued partial is still worth running (its utterance is still going on)."""
         pending = self._inflight.get(request_id)
         return bool(pending) and self._ep.in_speech and pending.segment == self._segment and not self._ending
+
+    def speculative_wanted(self, request_id: int) -> bool:
+        """Whether a queued speculative final is still worth running (speech has not resumed)."""
+        spec = self._spec
+        return (spec is not None and spec.transcribe.request_id == request_id) or request_id in self._promoted
+
+    def speculative_confirmed(self, request_id: int) -> bool:
+        """Whether a queued speculative final has been confirmed: it is now a final, never shed."""
+        return request_id in self._promoted
 
     # -- endpointing -----------------------------------------------------------------------------------
 
@@ -491,6 +552,8 @@ class Session:
                 return self._utterance_end_event()
             return []
         self._frame_probs.append(p)
+        if self._spec is not None and self._ep.silence_start != self._spec.silence_start:
+            self._drop_spec()  # speech resumed: the speculative result is never sent
         if event == "end":
             assert self._ep.silence_start is not None
             end = min(self._buf_end, self._ep.silence_start + self._pad)
@@ -499,6 +562,8 @@ class Session:
         actions: list[Action] = []
         if self._buf_end - self._seg_start >= self._max_samples:
             actions += self._forced_cut()
+        if self._speculate and self._ep.silence_start is not None and not self._ending:
+            actions += self._maybe_speculate(self._ep.silence_start)
         self._since_partial += FRAME
         if (
             self._partials
@@ -551,24 +616,59 @@ class Session:
         self._since_partial = self._buf_end - cut
         if self._ep.silence_start is not None and self._ep.silence_start < cut:
             self._ep.silence_start = cut
+        self._drop_spec()  # its window started before the cut
         return actions
 
-    def _close_segment(self, end: int, flush: bool = False, cause: Cause | None = None) -> list[Action]:
+    def _maybe_speculate(self, silence_start: int) -> list[Action]:
+        """The final's decode, started at the silence run's first frame (once its padding has arrived)."""
+        end = silence_start + self._pad
+        if (
+            self._spec_run == silence_start  # one try per silence run (a shed one is not retried)
+            or self._ep.speech_frames < MIN_SPEECH_FRAMES
+            or self._buf_end < end
+            or end <= self._seg_start
+        ):
+            return []
+        self._spec_run = silence_start
+        t = self._request("speculative", self._seg_start, end)
+        self._spec = _Spec(t, self._inflight[t.request_id], silence_start, self._seg_start, end)
+        return [t]
+
+    def _drop_spec(self) -> None:
+        if self._spec is not None:
+            self._inflight.pop(self._spec.transcribe.request_id, None)  # a late result is ignored
+            self._spec = None
+
+    def _close_segment(
+        self, end: int, flush: bool = False, urgent: bool = False, cause: Cause | None = None
+    ) -> list[Action]:
         start = self._seg_start
         speech_frames = self._ep.speech_frames
+        spec, self._spec = self._spec, None
+        confirmed = (
+            spec is not None
+            and (spec.start, spec.end) == (start, end)
+            and (spec.transcribe.request.options, spec.pending.known_language) == self._options_for("final")
+        )
+        if spec is not None and not confirmed:
+            self._inflight.pop(spec.transcribe.request_id, None)
         self._ep.close()
         self._frame_probs = []
         self._floor = end
         actions: list[Action] = []
+        ready: list[_Done] = []
         if speech_frames >= MIN_SPEECH_FRAMES:
-            if end > start:
-                actions.append(self._request("final", start, end, flush=flush, cause=cause))
+            if spec is not None and confirmed:
+                spec.pending.cause = cause
+                ready = self._confirm(spec, flush, urgent)
+            elif end > start:
+                actions.append(self._request("final", start, end, flush=flush, urgent=urgent, cause=cause))
             self._segment += 1
             self._speech_end = end
         self._utterance_language = None
         self._trim(max(end, self._buf_end - self._pad))
         self._apply_pending()
-        return actions
+        return actions + (self._deliver(ready, 0.0) if ready else [])
 
     def _utterance_end_event(self) -> list[Action]:
         """utterance_end once enough audio without speech followed the last utterance, its finals all sent."""
@@ -582,18 +682,22 @@ class Session:
         end, self._speech_end = self._speech_end, None
         return [Event("utterance_end", end / SAMPLE_RATE)] if self._events else []
 
-    def _request(
-        self,
-        kind: Literal["partial", "final"],
-        start: int,
-        end: int,
-        flush: bool = False,
-        continues: bool = False,
-        cause: Cause | None = None,
-    ) -> Transcribe:
-        rid = self._next_id
-        self._next_id += 1
-        options = self._options if kind == "final" else self._partial_options
+    def _confirm(self, spec: _Spec, flush: bool, urgent: bool) -> list[_Done]:
+        """The speculative final becomes the segment's final: finals now ready to leave, in order."""
+        rid = spec.transcribe.request_id
+        spec.pending.flush = flush
+        spec.pending.processing_s, self._processing_s = self._processing_s, 0.0
+        self._delivery.expect(rid)
+        if spec.done is not None:
+            return self._delivery.complete(rid, spec.done)
+        self._promoted[rid] = replace(spec.transcribe, kind="final", urgent=urgent)
+        return []
+
+    def _options_for(
+        self, kind: Literal["partial", "final", "speculative"]
+    ) -> tuple[DecodeOptions, tuple[str, float | None] | None]:
+        """The decoding options a request made now gets, and the language it reuses (if any)."""
+        options = self._partial_options if kind == "partial" else self._options
         known = None
         if options.language is None and not self._chunk_language and self._utterance_language:
             known = self._utterance_language  # a later chunk of the same utterance keeps its language
@@ -602,8 +706,23 @@ class Session:
             options = replace(options, language_hint=self._last_language)
         if self._condition and self._previous_text:
             options = replace(options, prompt=(options.prompt + " " + self._previous_text).strip())
+        return options, known
+
+    def _request(
+        self,
+        kind: Literal["partial", "final", "speculative"],
+        start: int,
+        end: int,
+        flush: bool = False,
+        continues: bool = False,
+        urgent: bool = False,
+        cause: Cause | None = None,
+    ) -> Transcribe:
+        rid = self._next_id
+        self._next_id += 1
+        options, known = self._options_for(kind)
         pending = _Pending(
-            kind,
+            "partial" if kind == "partial" else "final",
             self._segment,
             start / SAMPLE_RATE,
             end / SAMPLE_RATE,
@@ -612,6 +731,7 @@ class Session:
             known,
             self._processing_s,
             cause,
+            speculative=kind == "speculative",
         )
         if kind == "final":
             self._processing_s = 0.0
@@ -621,7 +741,7 @@ class Session:
             audio = normalize_loudness(audio)
         if kind == "final":
             self._delivery.expect(rid)
-        else:
+        elif kind == "partial":
             self._partial_inflight = rid
             self._since_partial = 0
         return Transcribe(
@@ -631,6 +751,7 @@ class Session:
             self._segment,
             pending.start_s,
             pending.end_s,
+            urgent,
         )
 
     # -- results -----------------------------------------------------------------------------------------
@@ -657,7 +778,11 @@ class Session:
             self._previous_text = (self._previous_text + " " + text).strip()[-PREVIOUS_TEXT_CHARS:]
         extra: dict[str, Any] = {}
         if self._timing and timing is not None:
-            extra["timing_info"] = {**timing, "audio_processing_s": round(pending.processing_s, 4)}
+            extra["timing_info"] = {
+                **timing,
+                "audio_processing_s": round(pending.processing_s, 4),
+                "speculative": pending.speculative,
+            }
         return messages.transcription(
             is_final=is_final,
             number=pending.segment,

@@ -528,9 +528,14 @@ class _StreamLoop:
                 if action.kind == "final" and len(self.protocol.sessions) == 1:
                     self._final_asked[action.segment] = time.monotonic()
                 rid = action.request_id
-                job = Job(session, action.kind, action.request, self._on_result(session, rid))
+                job = Job(
+                    session, action.kind, action.request, self._on_result(session, rid), urgent=action.urgent
+                )
                 if action.kind == "partial":
                     job.wanted = lambda rid=rid, session=session: session.partial_wanted(rid)
+                elif action.kind == "speculative":
+                    job.wanted = lambda rid=rid, session=session: session.speculative_wanted(rid)
+                    job.confirmed = lambda rid=rid, session=session: session.speculative_confirmed(rid)
                 self.runtime.scheduler.submit(job)
             elif isinstance(action, Close):
                 self._open = False

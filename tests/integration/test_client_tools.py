@@ -216,6 +216,9 @@ def test_benchmark_against_the_real_server(server, speech, tmp_path, capsys):
             "0.1",
             "--rest-s",
             "0",
+            "--repeats",
+            "2",
+            "--no-offline-wer",  # the external server's model is not known to the client
             "--out",
             str(out),
             "--no-progress",
@@ -224,7 +227,19 @@ def test_benchmark_against_the_real_server(server, speech, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads((out / "bench.json").read_text())
-    assert [r["concurrency"] for r in report["runs"]] == [1, 2]
+    # repetitions outermost, then N, then the two modes; the same utterances at every N
+    assert [(r["repetition"], r["concurrency"], r["mode"]) for r in report["runs"]] == [
+        (rep, n, mode) for rep in (0, 1) for n in (1, 2) for mode in ("server", "flush")
+    ]
+    assert {u["id"] for r in report["runs"] for s in r["streams"] for u in s["utterances"]} == set(ids[:2])
+    assert report["machine"]["loadavg_start"] and report["streams"][0]["finalize_after_frames"]
+    flush_runs = [r for r in report["runs"] if r["mode"] == "flush"]
+    assert all(s["flushes_sent"] >= 2 for r in flush_runs for s in r["streams"])  # one per utterance at least
+    assert all(s["flushes_sent"] == 0 for r in report["runs"] if r["mode"] == "server" for s in r["streams"])
+    for a in report["aggregate"]:
+        assert a["repetitions"] == 2 and a["utterances"] == 2 * a["concurrency"] * 2
+        assert a["matched"] == a["utterances"]
+        assert a["latency_p50_s"]["min"] <= a["latency_p50_s"]["median"] <= a["latency_p50_s"]["max"]
     assert report["targets"][0]["url"] == server.url and "cpu" in report["machine"]
     assert "EnglishTextNormalizer" in report["normalizer"]
     norm = normalizer("en")
@@ -246,8 +261,13 @@ def test_benchmark_against_the_real_server(server, speech, tmp_path, capsys):
         assert s["wer"] == pytest.approx(jiwer.wer(refs, hyps), abs=1e-12)
         assert s["wer"] < 0.35
         assert s["latency_p50_s"] <= s["latency_p95_s"] <= s["latency_max_s"]
-        assert f"{s['latency_p50_s']:.3f}s" in printed
-    for name in ("latency_distribution.png", "latency_vs_concurrency.png", "lag_over_time.png"):
+    assert "TTFS p50" in printed and "flush" in printed
+    for name in (
+        "latency_distribution.png",
+        "ttfs_cdf.png",
+        "latency_vs_concurrency.png",
+        "lag_over_time.png",
+    ):
         from PIL import Image
 
         with Image.open(out / name) as img:

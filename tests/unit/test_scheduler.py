@@ -183,3 +183,30 @@ async def test_a_dead_scheduling_task_fails_queued_work_reports_unhealthy_and_re
         await asyncio.sleep(0.01)
     await scheduler.stop()
     assert got == [None] and scheduler.healthy
+
+
+async def test_flush_finals_first_speculative_before_partials_and_confirmed_ones_promoted():
+    engine = RecordingEngine()
+    engine.max_batch_size = 2
+    scheduler = Scheduler(engine)
+    order: list[str] = []
+    confirmed = {"s-b": False}
+
+    def done(tag):
+        return lambda result, error, timing: order.append(tag if result is not None else f"shed {tag}")
+
+    scheduler.submit(Job("a", "partial", request(1.0), done("p-a")))
+    scheduler.submit(Job("b", "speculative", request(1.1), done("s-b"), confirmed=lambda: confirmed["s-b"]))
+    scheduler.submit(Job("c", "speculative", request(1.2), done("s-c"), wanted=lambda: False))
+    scheduler.submit(Job("d", "final", request(1.3), done("f-d")))
+    scheduler.submit(Job("e", "final", request(1.4), done("f-e"), urgent=True))
+    confirmed["s-b"] = True  # its endpoint came while it was queued: it is a final now, first in line
+    scheduler.start()
+    engine.gate.set()
+    for _ in range(100):
+        if len(order) == 5:
+            break
+        await asyncio.sleep(0.01)
+    await scheduler.stop()
+    assert engine.calls == [[1.1, 1.4], [1.3, 1.0]]
+    assert "shed s-c" in order

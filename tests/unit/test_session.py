@@ -12,14 +12,25 @@ from whisper_stream.config import parse_metadata
 from whisper_stream.session import Close, Send, Session, Transcribe
 
 
-def make(vad=None, partials: bool = False, interval: float = 0.5, max_s: float = 30.0, **vad_cfg):
+def make(
+    vad=None,
+    partials: bool = False,
+    interval: float = 0.5,
+    max_s: float = 30.0,
+    speculative: bool = False,
+    timing: bool = False,
+    **vad_cfg,
+):
+    """A session; the speculative path is off unless asked for, so the classic tests see plain finals."""
     meta = {
         "streaming_vad_config": {"min_silence_duration_ms": 300, "speech_pad_ms": 0, **vad_cfg},
         "streaming_params": {
             "enable_partial_transcripts": partials,
             "partial_transcript_interval_s": interval,
             "final_transcript_max_duration_s": max_s,
+            "speculative_finals": speculative,
         },
+        "include_timing_info": timing,
     }
     return Session(parse_metadata(meta), vad or LoudnessVad(), stream_id="s1")
 
@@ -312,6 +323,7 @@ def test_audio_after_end_audio_is_refused():
 
 
 def make_meta(meta: dict, vad=None) -> Session:
+    meta = {**meta, "streaming_params": {"speculative_finals": False, **meta.get("streaming_params", {})}}
     return Session(parse_metadata(meta), vad or LoudnessVad(), stream_id="s2")
 
 
@@ -408,3 +420,133 @@ def test_other_encodings_and_rates_find_the_same_speech(encoding, rate, width):
         acts += s.feed_audio(data[i : i + frame], now=0.0)
     (f,) = requests(acts + s.end_audio(now=0.0), "final")
     assert f.start_s == pytest.approx(1.0, abs=0.05) and f.end_s == pytest.approx(2.0, abs=0.05)
+
+
+# -- speculative finals: decoded from the first silent frame, sent once the endpoint or a flush confirms
+
+
+def frames_until(session: Session, audio: np.ndarray, kind: str) -> tuple[int, list]:
+    """Feed one 32 ms frame at a time; (index of the frame whose feed asked for `kind`, all actions)."""
+    actions, at = [], None
+    for i in range(0, len(audio), 512):
+        acts = session.feed_audio(pcm(audio[i : i + 512]), now=0.0)
+        if at is None and requests(acts, kind):
+            at = i // 512
+        actions += acts
+    return at, actions
+
+
+def test_speculative_decode_starts_at_the_first_silent_frame():
+    s = make(speculative=True)
+    at, acts = frames_until(s, np.concatenate([tone(1.024), silence(1.0)]), "speculative")
+    assert at == 32  # frames 0-31 are the tone, 32 is the first silent one (not 32 + 300 ms of frames)
+    (spec,) = requests(acts, "speculative")
+    assert spec.start_s == 0.0 and spec.end_s == pytest.approx(1.024)
+    assert requests(acts, "final") == []  # the endpoint confirmed it: no second decode
+    msgs = sent(answer(s, spec, text="hello"))
+    assert [(m["is_final"], m["transcript"], m["transcription_num"]) for m in msgs] == [(True, "hello", 0)]
+
+
+def test_speculative_window_and_options_are_the_plain_finals():
+    audio = np.concatenate(
+        [silence(0.5), tone(1.0), silence(0.1), tone(0.7), silence(0.6), tone(1.2), silence(1)]
+    )
+    plain, spec = make(speech_pad_ms=30), make(speech_pad_ms=30, speculative=True)
+    finals = requests(feed(plain, audio), "final")
+    acts = feed(spec, audio)
+    confirmed = [t for t in requests(acts, "speculative") if spec.speculative_confirmed(t.request_id)]
+    assert len(finals) == 2 and requests(acts, "final") == []
+    for f, c in zip(finals, confirmed, strict=True):
+        np.testing.assert_array_equal(f.request.audio, c.request.audio)
+        assert f.request.options == c.request.options and (f.start_s, f.end_s) == (c.start_s, c.end_s)
+
+
+def test_speech_resuming_drops_the_speculative_result():
+    s = make(speculative=True)
+    acts = feed(s, np.concatenate([tone(1.0), silence(0.1)]))
+    (early,) = requests(acts, "speculative")
+    assert s.speculative_wanted(early.request_id)
+    assert sent(answer(s, early, text="too early")) == []  # arrived, held: not confirmed yet
+    acts = feed(s, np.concatenate([tone(1.0), silence(0.1)]))  # speech resumes
+    assert not s.speculative_wanted(early.request_id)  # a queued one is shed unrun
+    (late,) = requests(acts, "speculative")
+    acts = feed(s, silence(0.5))
+    assert requests(acts) == [] and s.speculative_confirmed(late.request_id)
+    msgs = sent(answer(s, late, text="whole"))
+    assert [m["transcript"] for m in msgs] == ["whole"]
+    assert late.start_s == 0.0 and late.end_s == pytest.approx(2.1, abs=0.033)
+
+
+def test_result_of_a_cancelled_speculation_arriving_late_is_never_sent():
+    s = make(speculative=True)
+    (early,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.1)])), "speculative")
+    (late,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "speculative")
+    assert sent(answer(s, early, text="too early")) == []
+    assert [m["transcript"] for m in sent(answer(s, late, text="whole"))] == ["whole"]
+
+
+def test_flush_with_no_new_speech_returns_the_speculative_result_without_a_decode():
+    s = make(speculative=True, timing=True)
+    (spec,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.2)])), "speculative")  # < 300 ms
+    timing = {"queue_s": 0.0, "model_s": 0.1, "batch_size": 1}
+    assert sent(s.on_result(spec.request_id, fake_result(spec.request, "hi"), None, 0.0, timing)) == []
+    acts = s.handle_text('{"type": "finalize"}', now=0.0)
+    assert requests(acts) == []
+    (msg,) = sent(acts)
+    assert msg["is_final"] and msg["transcript"] == "hi" and msg["timing_info"]["speculative"] is True
+    assert requests(feed(s, silence(0.5))) == []  # the endpoint has nothing left to do
+
+
+def test_flush_before_the_speculative_result_waits_for_it_and_promotes_it():
+    s = make(speculative=True)
+    (spec,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.1)])), "speculative")
+    acts = s.handle_text("finalize", now=0.0)
+    assert requests(acts) == [] and sent(acts) == []
+    assert s.speculative_confirmed(spec.request_id)  # the scheduler moves it ahead, never sheds it
+    assert [m["transcript"] for m in sent(answer(s, spec, text="hi"))] == ["hi"]
+
+
+def test_flush_after_new_speech_decodes_then_and_is_urgent():
+    s = make(speculative=True)
+    (spec,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.1), tone(0.5)])), "speculative")
+    assert not s.speculative_wanted(spec.request_id)
+    (final,) = requests(s.handle_text("finalize", now=0.0), "final")
+    assert final.urgent and final.end_s == pytest.approx(1.6, abs=0.033)
+
+
+def test_shed_speculation_falls_back_to_a_plain_final():
+    s = make(speculative=True)
+    (spec,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.1)])), "speculative")
+    assert s.on_result(spec.request_id, None, None, now=0.0) == []  # shed under load
+    (final,) = requests(feed(s, silence(0.5)), "final")
+    assert final.end_s == spec.end_s and not final.urgent
+    # shed after the endpoint confirmed it (the confirmation raced the shedding): decoded as a final
+    (spec2,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "speculative")
+    (again,) = s.on_result(spec2.request_id, None, None, now=0.0)
+    assert isinstance(again, Transcribe) and again.kind == "final" and again.request_id == spec2.request_id
+    answer(s, final, text="one")
+    assert [m["transcription_num"] for m in sent(answer(s, again, text="two"))] == [1]
+
+
+def test_speculative_finals_keep_order_and_numbers():
+    s = make(speculative=True)
+    audio = np.concatenate([tone(1.0), silence(0.5), tone(1.0), silence(0.5)])
+    specs = [t for t in requests(feed(s, audio), "speculative") if s.speculative_confirmed(t.request_id)]
+    f1, f2 = specs
+    assert sent(answer(s, f2, text="second")) == []
+    msgs = sent(answer(s, f1, text="first"))
+    assert [(m["transcript"], m["transcription_num"]) for m in msgs] == [("first", 0), ("second", 1)]
+
+
+def test_frequent_flushes_lose_no_speech():
+    s = make(speculative=True)
+    finals = []
+    for _ in range(20):  # 2 s of speech, a finalize every 100 ms
+        finals += requests(feed(s, tone(0.1)), "final")
+        finals += requests(s.handle_text("finalize", now=0.0), "final")
+    finals += requests(s.end_audio(now=0.0), "final")
+    assert finals, "every flush closed a too-short segment and dropped it"
+    assert finals[0].start_s == 0.0
+    for a, b in zip(finals, finals[1:], strict=False):
+        assert b.start_s == pytest.approx(a.end_s, abs=0.033)  # contiguous: nothing dropped between
+    assert finals[-1].end_s == pytest.approx(2.0, abs=0.033)

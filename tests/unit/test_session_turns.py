@@ -9,7 +9,7 @@ import numpy as np
 
 from tests.unit.fakes import LoudnessVad, silence, tone
 from tests.unit.test_session import answer, feed, make, requests, sent
-from whisper_stream.config import parse_metadata
+from whisper_stream.config import StreamConfig, parse_metadata
 from whisper_stream.session import Event, Send, Session
 
 
@@ -17,8 +17,16 @@ def events(actions, kind=None) -> list[Event]:
     return [a for a in actions if isinstance(a, Event) and (kind is None or a.kind == kind)]
 
 
+def plain(meta: dict) -> StreamConfig:
+    """Metadata on the plain (non-speculative) final path, which these tests check."""
+    return parse_metadata({**meta, "streaming_params": {"speculative_finals": False}})
+
+
 def with_events(**kw) -> Session:
-    meta = {"streaming_vad_config": {"min_silence_duration_ms": 300, "speech_pad_ms": 0}}
+    meta = {
+        "streaming_vad_config": {"min_silence_duration_ms": 300, "speech_pad_ms": 0},
+        "streaming_params": {"speculative_finals": False},  # the plain path; speculation: test_session.py
+    }
     return Session(parse_metadata(meta), LoudnessVad(), stream_id="s", events=True, **kw)
 
 
@@ -63,7 +71,7 @@ def test_utterance_end_after_its_finals_and_enough_silence():
 def test_update_config_applies_from_the_next_utterance():
     s = with_events()
     acts = feed(s, tone(1.0))  # an utterance is open
-    config = parse_metadata({"whisper_params": {"prompt": "Kubernetes", "audio_language": "de"}})
+    config = plain({"whisper_params": {"prompt": "Kubernetes", "audio_language": "de"}})
     assert s.update_config(config) is False
     final = requests(feed(s, silence(1.0)), "final")[0]
     assert final.request.options.prompt == "" and final.request.options.language == "en"  # the old settings
@@ -74,7 +82,7 @@ def test_update_config_applies_from_the_next_utterance():
 
 def test_update_config_changes_the_endpointer_now_when_idle():
     s = with_events()
-    longer = parse_metadata({"streaming_vad_config": {"min_silence_duration_ms": 1500}})
+    longer = plain({"streaming_vad_config": {"min_silence_duration_ms": 1500}})
     assert s.update_config(longer) is True
     acts = feed(s, np.concatenate([tone(1.0), silence(1.0), tone(1.0), silence(2.0)]))
     assert len(requests(acts, "final")) == 1  # a 1 s pause no longer ends the utterance

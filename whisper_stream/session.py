@@ -446,6 +446,15 @@ class Session:
             return []
         return self._close_segment(self._flush_end(), urgent=True, cause="finalize")
 
+    def finalize_turn(self) -> tuple[list[Action], bool]:
+        """`finalize`, and whether a final for the flushed speech is on its way: requested now, a speculative
+        decode confirmed (its result may come later), or sent in these actions. Protocols that answer every
+        flush (Deepgram's `Finalize`, OpenAI's `commit`) answer at once, empty, only when none is."""
+        before = self._delivery.outstanding
+        actions = self.finalize()
+        sent = any(isinstance(a, Send) and a.message.get("is_final") is True for a in actions)
+        return actions, sent or self._delivery.outstanding > before
+
     def _flush_end(self) -> int:
         """Where a flush closes the segment: at the speculative window if only silence followed it."""
         spec = self._spec

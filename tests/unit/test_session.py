@@ -550,3 +550,16 @@ def test_frequent_flushes_lose_no_speech():
     for a, b in zip(finals, finals[1:], strict=False):
         assert b.start_s == pytest.approx(a.end_s, abs=0.033)  # contiguous: nothing dropped between
     assert finals[-1].end_s == pytest.approx(2.0, abs=0.033)
+
+
+def test_finalize_turn_says_whether_a_final_is_coming():
+    s = make(speculative=True)
+    assert s.finalize_turn() == ([], False)  # nothing open: a protocol answers its flush empty, at once
+    acts = feed(s, np.concatenate([tone(1.0), silence(0.1)]))  # a speculative decode is in flight
+    assert requests(acts, "speculative")
+    actions, coming = s.finalize_turn()
+    assert actions == [] and coming  # confirmed: its result will be the final, nothing new to decode
+    s2 = make()
+    feed(s2, tone(1.0))
+    actions, coming = s2.finalize_turn()
+    assert requests(actions, "final") and coming

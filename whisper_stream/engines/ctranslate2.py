@@ -131,8 +131,12 @@ class CTranslate2Engine:
         return results  # type: ignore[return-value]
 
     def _frames(self, request: TranscribeRequest) -> int:
-        """Encoder input length: 3000 (30 s), or the window's own length + margin, bucketed."""
-        if not self.adaptive_context:
+        """Encoder input length: 3000 (30 s), or the window's own length + margin, bucketed.
+
+        Beam search gets Whisper's full 30 s: a client asks for it for accuracy, and with the shortened
+        context beam search could rank a sentence said twice first (issue #16) and fell behind
+        faster-whisper's own beam decoding on the same windows."""
+        if not self.adaptive_context or request.options.beam_width > 1:
             return N_FRAMES
         length = len(request.audio) / SAMPLE_RATE + CONTEXT_MARGIN_S
         buckets = -(-int(length * 100) // CONTEXT_BUCKET_FRAMES)

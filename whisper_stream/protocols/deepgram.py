@@ -369,8 +369,8 @@ class DeepgramProtocol:
     def _finalize(self) -> list[Out]:
         outs: list[Out] = []
         for i, session in enumerate(self.sessions):
-            actions = session.finalize()
-            if not any(getattr(a, "kind", None) == "final" for a in actions):  # nothing open: answer now
+            actions, final_coming = session.finalize_turn()
+            if not final_coming:  # nothing open: answer now
                 outs.append(
                     (None, Send(self._results(i, "", [], session.received_s, 0.0, True, False, True)))
                 )

@@ -115,6 +115,9 @@ class OpenAIRealtimeProtocol:
                 sample_rate=rate,
                 enable_partial_transcripts=True,
                 partial_transcript_interval_s=PARTIAL_INTERVAL_S,
+                # an item is committed when its final is requested; a speculative decode may still be
+                # dropped, so this adapter keeps the plain path (its commit stays fast: an urgent final)
+                speculative_finals=False,
             ),
             whisper_params=WhisperParams(audio_language=language, prompt=tr.get("prompt") or ""),
         )
@@ -297,9 +300,9 @@ class OpenAIRealtimeProtocol:
                 "input_audio_buffer_commit_empty",
             )
         self._appended = 0
-        actions = self.session.finalize()
+        actions, final_coming = self.session.finalize_turn()
         outs = self._wrap(actions)
-        if not any(isinstance(a, Transcribe) and a.kind == "final" for a in actions):
+        if not final_coming:
             item = self._item_for_commit()  # no speech in the turn: an empty transcript, at once
             outs += [self._committed(item), self._own(self._completed(item, "", 0.0))]
         return outs

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -52,6 +53,12 @@ CONTEXT_BUCKET_FRAMES = 1000  # 10 s: only requests of the same bucket share an 
 MAX_TEXT_TOKENS = 448
 
 
+def default_threads() -> int:
+    """One thread per core, at most CTranslate2's own default of 4: its 4 threads on a 2-core machine made a
+    5 s window 8 % slower (244 vs 224 ms median of 5)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 class CTranslate2Engine:
     name = "ctranslate2"
     max_inflight = 1  # one call uses every core; more in flight would only queue inside CTranslate2
@@ -82,7 +89,7 @@ class CTranslate2Engine:
             device=device,
             device_index=device_index,
             compute_type=compute_type,
-            cpu_threads=cpu_threads,
+            cpu_threads=cpu_threads or default_threads(),
         )
         self._model = self._fw.model
         self.multilingual = self._model.is_multilingual

@@ -3,9 +3,10 @@
 The English recordings of the data set (those with human references) are joined with 1.5 s pauses and
 streamed through a local server greedily; the windows of its finals are then decoded again by the CPU engine
 at every beam width (time per window, WER), and by faster-whisper's `transcribe()` with the same beam,
-length penalty and temperatures on the same windows (its 30 s context, no timestamps). Last, the joined
-stream goes through the server at every beam width (the WER a client sees). Prints a table and writes
-`<out>/beam.json`. One pass per width on a shared machine: read the times as ratios within the run.
+length and repetition penalties and temperatures on the same windows (its 30 s context, no timestamps).
+Last, the joined stream goes through the server at every beam width (the WER a client sees). Prints a table
+and writes `<out>/beam.json`. One pass per width on a shared machine: read the times as ratios within the
+run.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 language="en",
                 beam_size=width,
                 length_penalty=options.length_penalty,
+                repetition_penalty=options.repetition_penalty,
+                no_repeat_ngram_size=options.no_repeat_ngram_size,
                 temperature=list(options.temperatures),
                 condition_on_previous_text=False,
                 without_timestamps=True,

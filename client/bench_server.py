@@ -273,8 +273,10 @@ async def cmd_frontend(args: argparse.Namespace, server: LocalServer) -> dict[st
             {
                 "streams": n,
                 "server_cpu_percent": sampler.cpu_percent,
-                "cpu_percent_per_stream": sampler.cpu_percent / n,
+                # CPU per second of audio = share of one core per real-time stream (streams start staggered,
+                # so dividing the run's CPU by N would flatter it)
                 "cpu_ms_per_audio_s": 1000 * sampler.cpu / audio_s,
+                "core_percent_per_realtime_stream": 100 * sampler.cpu / audio_s,
                 "loop_lag_p50_s": loop_lag_quantile(before, after, 0.5),
                 "loop_lag_p99_s": loop_lag_quantile(before, after, 0.99),
                 "loadavg": os.getloadavg(),

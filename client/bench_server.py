@@ -288,6 +288,9 @@ async def cmd_frontend(args: argparse.Namespace, server: LocalServer) -> dict[st
 
 async def cmd_memory(args: argparse.Namespace, server: LocalServer) -> dict[str, Any]:
     pid, n = server.proc.pid, args.streams
+    # warm-up: the engine's working memory for full batches is the process's, not any stream's
+    warm = [to_pcm16(js.audio) for js in streams_of(8, 4, 0.0, args.data)]
+    await asyncio.gather(*(stream_pcm(server.url, metadata(partials=True), p, speed=0) for p in warm))
     base = rss_mb(pid)
     idle = [await websockets.connect(server.url) for _ in range(n)]
     for ws in idle:

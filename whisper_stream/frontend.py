@@ -4,8 +4,10 @@ Silero VAD batched across streams.
 Per message the event loop only hands work to the pool and applies the result (`Session.on_frames`): the
 one loop thread that reads every socket never waits behind a 1 MiB frame's decoding. VAD requests gather for
 one tick (`VAD_TICK_S`) and then run as one batch: one ONNX call per 32 ms frame step serves every stream with
-frames waiting (`SileroModel.run_streams`). An ONNX call costs about the same for 1 or 64 streams, so at 64
-real-time streams this cuts the VAD's CPU by an order of magnitude, for at most a tick of added latency.
+frames waiting (`SileroModel.run_streams`). An ONNX call costs about the same for 1 or many streams, so with
+many real-time streams this cuts the VAD's CPU severalfold, for at most a tick of added latency. While the
+batches hold a single stream there is no tick: a lone client uploading small frames as fast as it can is not
+slowed to one frame per tick.
 
 Memory: nothing per stream beyond the frames of the message in progress.
 """
@@ -34,6 +36,7 @@ class FrontEnd:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="frontend")
         self._waiting: list[tuple[SileroStream, np.ndarray, asyncio.Future[np.ndarray]]] = []
         self._running = False
+        self._last_batch = 1  # streams in the latest batch: more than one means others are worth waiting for
 
     async def feed(self, session: Session, data: bytes) -> list[Action]:
         """`session.feed_audio` with the costly parts in the pool and its VAD batched with other streams'
@@ -58,10 +61,12 @@ class FrontEnd:
     async def _run_batches(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.sleep(VAD_TICK_S)  # let the other streams' frames of this tick join the batch
+            if self._last_batch > 1:
+                await asyncio.sleep(VAD_TICK_S)  # let the other streams' frames of this tick join the batch
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 streams = [s for s, _, _ in batch]
+                self._last_batch = len(streams)
                 try:
                     probs = await loop.run_in_executor(
                         self._pool, self.model.run_streams, streams, [f for _, f, _ in batch]

@@ -326,7 +326,12 @@ async def test_streams_through_the_server_and_triton(triton: TritonServer, ws_se
     audios = [np.concatenate([silence(0.5), load_audio(c)]) for c in clips]
     # Endpointing that never fires inside a clip: each stream's speech is flushed by end_audio, and the
     # barrier sends the three end_audio together, so their finals meet in Triton's queue.
-    meta = {**METADATA, "streaming_vad_config": {"threshold": 0.5, "min_silence_duration_ms": 3000}}
+    # Speculative finals off: each stream's final would otherwise be decoded alone at its first silent frame.
+    meta = {
+        **METADATA,
+        "streaming_vad_config": {"threshold": 0.5, "min_silence_duration_ms": 3000},
+        "streaming_params": {**METADATA["streaming_params"], "speculative_finals": False},
+    }
     barrier = asyncio.Barrier(len(audios))
     results = await asyncio.gather(*(stream(ws_server, a, meta=meta, before_end=barrier) for a in audios))
     hypotheses = [finals_text(messages) for messages in results]

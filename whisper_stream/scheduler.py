@@ -105,11 +105,6 @@ class Scheduler:
             await asyncio.gather(self._task, *self._calls, return_exceptions=True)
             self._task = None
 
-    async def drain(self) -> None:
-        """Wait until nothing is queued or running (graceful shutdown)."""
-        while self._finals or self._partials or self._calls:
-            await asyncio.sleep(0.02)
-
     def submit(self, job: Job) -> None:
         (self._finals if job.kind == "final" else self._partials).append(job)
         self._wake.set()

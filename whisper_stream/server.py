@@ -182,6 +182,8 @@ async def run(settings: ServerSettings) -> None:
     await runtime.drain()  # new streams get 1013 and /health 503 meanwhile; each stream's last final
     server.close(close_connections=False)
     await server.wait_closed()
+    if runtime.loop_watch is not None:
+        runtime.loop_watch.cancel()
     await runtime.scheduler.stop()
     runtime.frontend.close()
     await engine.close()

@@ -16,6 +16,10 @@ Writes `OUT/gpu_check.json` and prints a short table. Three parts, each timed an
 3. `engine`: `TensorRTLLMEngine` driven through the faithful runner (`trtllm_cpu_runner.ModelRunnerCpp`) with
    a random-weight large-v3-shaped model on the device and forced token counts: batching, grouping by options,
    and GPU memory (`torch.cuda.mem_get_info()` before and after).
+4. `serve`: the whole server (`--engine tensorrt_llm`, the same faithful runner and random-weight model, made
+   confident so no temperature fallback runs) under `client.bench`: TTFS with server endpointing and client
+   flush at 1 / 16 / 64 real-time streams, finals only. The text is noise (WER means nothing); the timings
+   are the server's scheduling and batching on a GPU with large-v3's eager cost, a floor for TensorRT-LLM.
 
 `--quick` uses tiny shapes (2 layers, d_model 64) and few batches: the CPU smoke test (`--device cpu
 --quick`) that CI can run. Needs `transformers` (preinstalled on the GPU machine; `pip install transformers`
@@ -52,6 +56,7 @@ LARGE_V3 = dict(
 )
 TINY = dict(LARGE_V3, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128)  # fmt: skip
+TORCH_RANDOM = "build_engine.gpu_check:TorchRandomBackend"  # the stand-in backend, importable by a server
 SPEECH = ["ls_1221-135766-0002", "ls_61-70968-0000", "ls_1089-134686-0001", "lj_LJ002-0020"]
 TOKENS_PER_WINDOW = 40  # text + special tokens decoded for a typical streaming window (~5 s of speech)
 
@@ -173,7 +178,7 @@ class TorchRandomBackend:
     """A random-weight Whisper (transformers) generating a forced number of tokens, behind the stand-in."""
 
     def __init__(self, shape: str = "large-v3", forced_tokens: int = 24, device_ids: list[int] | None = None,
-                 device: str = "cuda", **_: Any) -> None:  # fmt: skip
+                 device: str = "cuda", confident: bool = False, **_: Any) -> None:  # fmt: skip
         import torch
         from transformers import WhisperForConditionalGeneration
 
@@ -186,6 +191,9 @@ class TorchRandomBackend:
             )
         self.model = model.to(self.dtype).eval()
         self.forced = forced_tokens
+        # random weights give log-probs near log(1 / vocab): the engine would walk every fallback
+        # temperature. A sharpened softmax makes each argmax near-certain: one decode a final, as for speech.
+        self.sharpen = 1000.0 if confident else 1.0
         self.windows = 0
 
     def generate(self, features: np.ndarray, prompts: list[list[int]], *, special: Any, max_new_tokens: int,
@@ -206,7 +214,7 @@ class TorchRandomBackend:
             lps: list[list[float]] = [[] for _ in prompts]
             logits_kept: list[list[np.ndarray]] = [[] for _ in prompts]
             for s in range(n):
-                logits = self.model.proj_out(out.last_hidden_state[:, -1]).float()
+                logits = self.sharpen * self.model.proj_out(out.last_hidden_state[:, -1]).float()
                 if n > 1:
                     logits[:, special.eot] = -math.inf  # forced length
                 logp = torch.log_softmax(logits, -1)
@@ -236,11 +244,10 @@ def check_engine(device: str, quick: bool, work: Path) -> dict[str, Any]:
     from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest
     from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
 
-    stand_in.BACKENDS["torch-random"] = TorchRandomBackend
     cuda = device.startswith("cuda")
     free0 = torch.cuda.mem_get_info()[0] if cuda else None
     engine_dir = stand_in.make_engine_dir(
-        work / "engine", backend="torch-random", n_mels=128, vocab_size=51866, max_batch_size=16,
+        work / "engine", backend=TORCH_RANDOM, n_mels=128, vocab_size=51866, max_batch_size=16,
         backend_options={"shape": "tiny" if quick else "large-v3", "forced_tokens": 8 if quick else 24,
                          "device": device},
     )  # fmt: skip
@@ -283,6 +290,38 @@ def check_engine(device: str, quick: bool, work: Path) -> dict[str, Any]:
     return out
 
 
+# -- 4. the whole server under the benchmark -----------------------------------------------------------
+
+
+def check_serve(device: str, quick: bool, work: Path) -> dict[str, Any]:
+    from client import bench
+    from client.local_server import LocalServer
+    from whisper_stream.engines import trtllm_cpu_runner as stand_in
+    from whisper_stream.engines.tensorrt_llm import RUNNER_ENV
+
+    batch = 8 if quick else 64
+    engine_dir = stand_in.make_engine_dir(
+        work / "serve-engine", backend=TORCH_RANDOM, n_mels=128, vocab_size=51866, max_batch_size=batch,
+        backend_options={"shape": "tiny" if quick else "large-v3", "forced_tokens": 24, "device": device,
+                         "confident": True},
+    )  # fmt: skip
+    levels = "1,4" if quick else "1,16,64"
+    out = work / "serve"
+    server = LocalServer(
+        "--engine", "tensorrt_llm", "--engine-dir", str(engine_dir), "--max-streams", "256",
+        "--max-batch-size", str(batch), env={RUNNER_ENV: "faithful"}, log=work / "serve.log",
+    )  # fmt: skip
+    with server:
+        rc = bench.main(["--url", server.url, "--label", "gpu-eager", "--model", "large-v3 random (eager)",
+                         "--concurrency", levels, "--modes", "server,flush", "--no-partials",
+                         "--repeats", "1", "--utterances-per-stream", "3", "--stagger-s", "0.1",
+                         "--no-offline-wer", "--no-plots", "--no-progress", "--out", str(out)])  # fmt: skip
+    report = json.loads((out / "bench.json").read_text())
+    keep = ("mode", "concurrency", "utterances", "matched", "pooled_p50_s", "pooled_p95_s", "pooled_max_s",
+            "rtf_max", "stream_errors", "speculative_ratio")  # fmt: skip
+    return {"bench_rc": rc, "levels": levels, "rows": [{k: r[k] for k in keep} for r in report["aggregate"]]}
+
+
 # -- main --------------------------------------------------------------------------------------------------
 
 
@@ -292,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny shapes: a CPU smoke test of the script")
     p.add_argument("--out", type=Path, default=Path("gpu-check-results"))
-    p.add_argument("--parts", default="mel,compute,engine")
+    p.add_argument("--parts", default="mel,compute,engine,serve")
     a = p.parse_args(argv)
     import torch
 
@@ -315,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                 report[part] = check_compute(a.device, a.quick)
             elif part == "engine":
                 report[part] = check_engine(a.device, a.quick, a.out)
+            elif part == "serve":
+                report[part] = check_serve(a.device, a.quick, a.out)
         except Exception as exc:  # one part failing must not hide the others' numbers
             report[part] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
         report[part]["part_seconds"] = round(time.perf_counter() - t, 1)
@@ -323,7 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     (a.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
-    return 1 if any("error" in report.get(k, {}) for k in ("mel", "compute", "engine")) else 0
+    return 1 if any("error" in report.get(k, {}) for k in ("mel", "compute", "engine", "serve")) else 0
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.0f}"
 
 
 def table(r: dict[str, Any]) -> str:
@@ -351,6 +396,14 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"mem   {eng['memory_gib']}")
     if "error" in eng:
         lines.append(f"engine error: {eng['error']}")
+    srv = r.get("serve", {})
+    for row in srv.get("rows", []):
+        lines.append(f"serve {row['mode']:>6} N={row['concurrency']:>3}: TTFS p50 {_ms(row['pooled_p50_s'])} "
+                     f"p95 {_ms(row['pooled_p95_s'])} max {_ms(row['pooled_max_s'])} ms, "
+                     f"matched {row['matched']}/{row['utterances']}, "
+                     f"errors {row['stream_errors']}")  # fmt: skip
+    if "error" in srv:
+        lines.append(f"serve error: {srv['error']}")
     return "\n".join(lines)
 
 

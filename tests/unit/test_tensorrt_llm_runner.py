@@ -275,3 +275,10 @@ def test_ctranslate2_subset_copies_a_cuda_encoding_to_the_host() -> None:
     engine._ct2 = ctranslate2
     got = np.asarray(engine._subset(CudaView(), [0, 2]))
     assert got.tolist() == np.asarray(host)[[0, 2]].tolist()
+
+
+def test_a_backend_named_by_import_path_loads_in_any_process():
+    # how gpu_check's serving part hands its torch backend to a server process it starts
+    assert stand_in.backend_class(f"{__name__}:ScriptedBackend") is ScriptedBackend
+    with pytest.raises(ValueError, match="unknown stand-in backend"):
+        stand_in.backend_class("no-such-backend")

@@ -332,6 +332,18 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 BACKENDS: dict[str, Any] = {"ctranslate2": CTranslate2Backend}
 
 
+def backend_class(name: str) -> Any:
+    """A registered backend, or "module:Class" imported (so a server process can load e.g. gpu_check's)."""
+    if name in BACKENDS:
+        return BACKENDS[name]
+    module, sep, attr = name.partition(":")
+    if not sep:
+        raise ValueError(f"unknown stand-in backend {name!r}: one of {sorted(BACKENDS)} or 'module:Class'")
+    import importlib
+
+    return getattr(importlib.import_module(module), attr)
+
+
 # -- the runner ------------------------------------------------------------------------------------------
 
 
@@ -428,7 +440,7 @@ class ModelRunnerCpp:
             max_beam_width = int(dec["max_beam_width"])
         else:
             assert max_beam_width <= int(dec["max_beam_width"])
-        backend = BACKENDS[stand_in.pop("backend")](**stand_in, device_ids=device_ids)
+        backend = backend_class(stand_in.pop("backend"))(**stand_in, device_ids=device_ids)
         return cls(
             Executor(),
             backend,

@@ -88,8 +88,9 @@ engine-docker:  ## build the TensorRT-LLM image, then run `make engine` in it
 
 # On a GPU machine with PyTorch and transformers (no TensorRT, no weights, no network needed): mel on the GPU,
 # large-v3-shaped PyTorch-eager timings and a streams estimate, the TensorRT-LLM engine through the faithful
-# runner. Under 8 minutes; gpu-check-results/gpu_check.json + a table. GPU_CHECK_ARGS="--device cpu --quick":
-# the CPU smoke test.
+# runner, and the whole server on that path under the benchmark (needs `pip install -e '.[client]'`). About
+# 5 minutes on an H200; gpu-check-results/gpu_check.json + a table. GPU_CHECK_ARGS="--device cpu --quick": the
+# CPU smoke test.
 GPU_CHECK_ARGS ?=
 gpu-check:
 	PYTHONPATH=$(CURDIR) python3 -m build_engine.gpu_check --out gpu-check-results $(GPU_CHECK_ARGS)

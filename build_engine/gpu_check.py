@@ -2,7 +2,7 @@
 
     python -m build_engine.gpu_check [--device cuda] [--quick] [--out gpu-check-results]
 
-Writes `OUT/gpu_check.json` and prints a short table. Three parts, each timed and each allowed to fail alone
+Writes `OUT/gpu_check.json` and prints a short table. Four parts, each timed and each allowed to fail alone
 (its error is recorded, the others still run):
 
 1. `mel`: the engine's batched `torch.stft` log-mel on the device vs the numpy reference, on real speech from
@@ -23,8 +23,9 @@ Writes `OUT/gpu_check.json` and prints a short table. Three parts, each timed an
 
 `--quick` uses tiny shapes (2 layers, d_model 64) and few batches: the CPU smoke test (`--device cpu
 --quick`) that CI can run. Needs `transformers` (preinstalled on the GPU machine; `pip install transformers`
-elsewhere), and for parts 1 and 3 openai-whisper's assets (mel_filters.npz, multilingual.tiktoken: the
-`openai-whisper` package or WHISPER_ASSETS_DIR) and tiktoken.
+elsewhere), for parts 1, 3 and 4 openai-whisper's assets (mel_filters.npz, multilingual.tiktoken: the
+`openai-whisper` package or WHISPER_ASSETS_DIR) and tiktoken, and for part 4 the server's and the benchmark's
+dependencies (`pip install -e '.[client]'`; the Silero model from `silero-vad` or WHISPER_STREAM_VAD_MODEL).
 """
 
 from __future__ import annotations
@@ -215,8 +216,11 @@ class TorchRandomBackend:
             logits_kept: list[list[np.ndarray]] = [[] for _ in prompts]
             for s in range(n):
                 logits = self.sharpen * self.model.proj_out(out.last_hidden_state[:, -1]).float()
-                if n > 1:
-                    logits[:, special.eot] = -math.inf  # forced length
+                if n > 1:  # forced length of distinct text tokens: a random model loops on one token, which
+                    # the engine's repetition guard rightly re-decodes at every fallback temperature
+                    logits[:, special.eot :] = -math.inf
+                    for k, seen in enumerate(tokens):
+                        logits[k, seen] = -math.inf
                 logp = torch.log_softmax(logits, -1)
                 nxt = logits.argmax(-1)
                 for k in range(len(prompts)):
@@ -249,7 +253,7 @@ def check_engine(device: str, quick: bool, work: Path) -> dict[str, Any]:
     engine_dir = stand_in.make_engine_dir(
         work / "engine", backend=TORCH_RANDOM, n_mels=128, vocab_size=51866, max_batch_size=16,
         backend_options={"shape": "tiny" if quick else "large-v3", "forced_tokens": 8 if quick else 24,
-                         "device": device},
+                         "device": device, "confident": True},
     )  # fmt: skip
     engine = TensorRTLLMEngine(engine_dir, runner="faithful")
     free1 = torch.cuda.mem_get_info()[0] if cuda else None
@@ -309,12 +313,13 @@ def check_serve(device: str, quick: bool, work: Path) -> dict[str, Any]:
     out = work / "serve"
     server = LocalServer(
         "--engine", "tensorrt_llm", "--engine-dir", str(engine_dir), "--max-streams", "256",
-        "--max-batch-size", str(batch), env={RUNNER_ENV: "faithful"}, log=work / "serve.log",
+        "--max-streams-per-client", "256", "--max-batch-size", str(batch), env={RUNNER_ENV: "faithful"},
+        log=work / "serve.log",
     )  # fmt: skip
     with server:
         rc = bench.main(["--url", server.url, "--label", "gpu-eager", "--model", "large-v3 random (eager)",
                          "--concurrency", levels, "--modes", "server,flush", "--no-partials",
-                         "--repeats", "1", "--utterances-per-stream", "3", "--stagger-s", "0.1",
+                         "--repeats", "1", "--utterances-per-stream", "2", "--stagger-s", "0.1",
                          "--no-offline-wer", "--no-plots", "--no-progress", "--out", str(out)])  # fmt: skip
     report = json.loads((out / "bench.json").read_text())
     keep = ("mode", "concurrency", "utterances", "matched", "pooled_p50_s", "pooled_p95_s", "pooled_max_s",

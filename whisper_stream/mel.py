@@ -8,7 +8,8 @@ weights expects exactly those features:
 - power spectrum |STFT|^2, dropping the last frame (as whisper does: N samples -> N // 160 frames);
 - OpenAI's mel filterbank (`mel_filters.npz`, keys `mel_80` and `mel_128`), not a recomputed one: librosa's
   Slaney filters differ from the shipped file in the last digits, and the shipped file is the definition;
-- log10 with a 1e-10 floor, dynamic range limited to 8 (max(x, max - 8)), then (x + 4) / 4.
+- log10 with a 1e-10 floor, dynamic range limited to 8 (max(x, max - 8)), then (x + 4) / 4;
+- a window shorter than 30 s: its own frames, then 0.0 frames up to 3000, as whisper's `transcribe()` pads.
 
 Where the filterbank comes from: an explicit `filters_path` (a `.npz` file or a directory holding it), else
 the `WHISPER_ASSETS_DIR` environment variable, else the installed `openai-whisper` package's `assets/` folder
@@ -123,14 +124,23 @@ def even_frames(mel: np.ndarray) -> np.ndarray:
     return pad_or_trim(mel, mel.shape[-1] + 1) if mel.shape[-1] % 2 else mel
 
 
+def content_frames(n_samples: int) -> int:
+    """Frames of a window that hold its audio: `len(audio) // 160`, whisper's `content_frames`."""
+    return n_samples // HOP_LENGTH
+
+
 def window_features(
     audio: np.ndarray, n_mels: int = 128, n_frames: int | None = N_FRAMES, filters_path: str | None = None
 ) -> np.ndarray:
     """Encoder input for one window of at most 30 s: (n_mels, frames) float32 with an even frame count.
 
-    With n_frames (default 3000) the audio is zero-padded to the full window before the STFT, exactly as
-    whisper's transcribe does (the encoder of OpenAI's models was trained on padded 30 s windows). With
-    n_frames=None the features cover only the audio (the TensorRT-LLM example's "longest"/"nopad"
+    With n_frames (default 3000) the window is built as whisper's `transcribe()` builds it (and
+    faster-whisper's): the log-mel of the audio followed by zero samples, cut to the audio's own
+    `content_frames`, then zero frames (0.0 in log-mel space, not the log-mel of silence) up to n_frames.
+    Padding with the log-mel of silence instead (zero *samples* up to 30 s, as `whisper.pad_or_trim(audio)`
+    then `log_mel_spectrogram` would) changed the CPU engine's beam-search transcripts against
+    faster-whisper's in 10 and 14 of the 27 windows of `make bench-beam` at beam 4 and 5 (issue #16).
+    With n_frames=None the features cover only the audio (the TensorRT-LLM example's "longest"/"nopad"
     strategies), rounded up to an even count.
     """
     audio = np.asarray(audio, dtype=np.float32)
@@ -139,6 +149,7 @@ def window_features(
     samples = n_frames * HOP_LENGTH
     audio = audio[:samples]
     mel = log_mel_spectrogram(audio, n_mels, padding=samples - len(audio), filters_path=filters_path)
+    mel[:, content_frames(len(audio)) :] = 0.0
     return even_frames(pad_or_trim(mel, n_frames))
 
 
@@ -152,8 +163,9 @@ def batch_window_features_torch(
     """`window_features` for a whole batch in one `torch.stft` on `device`: (batch, n_mels, n_frames) float32.
 
     Every window is zero-padded (or cut) to n_frames * 160 samples first, so one STFT covers the batch; the
-    dynamic-range clamp (max - 8) is per window, as in the numpy reference. float32 like openai-whisper's own
-    torch implementation (the numpy reference computes in float64; they agree to ~1e-4 on real speech).
+    dynamic-range clamp (max - 8) is per window, and frames after a window's `content_frames` are 0.0, as in
+    the numpy reference. float32 like openai-whisper's own torch implementation (the numpy reference computes
+    in float64; they agree to ~1e-4 on real speech).
     """
     import torch
 
@@ -175,4 +187,6 @@ def batch_window_features_torch(
     log_spec = torch.clamp(mel, min=1e-10).log10()
     peak = log_spec.amax(dim=(1, 2), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - 8.0)
-    return (log_spec + 4.0) / 4.0
+    content = torch.tensor([content_frames(min(len(a), samples)) for a in audios], device=device)
+    padding = torch.arange(n_frames, device=device)[None, :] >= content[:, None]  # (batch, n_frames)
+    return ((log_spec + 4.0) / 4.0).masked_fill(padding[:, None, :], 0.0)

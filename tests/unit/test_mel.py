@@ -24,16 +24,26 @@ def _reference(audio: np.ndarray, n_mels: int, padding: int = 0) -> np.ndarray:
     return whisper.log_mel_spectrogram(torch.from_numpy(audio), n_mels, padding=padding).numpy()
 
 
+def _transcribe_window(audio: np.ndarray, n_mels: int) -> np.ndarray:
+    """The first window of openai-whisper's `transcribe()` (whisper/transcribe.py): the log-mel of the audio
+    with 30 s of zero samples appended, cut to `content_frames`, then `pad_or_trim` (zero frames) to 3000."""
+    spectrogram = _reference(audio, n_mels, padding=mel.N_SAMPLES)
+    content_frames = spectrogram.shape[-1] - mel.N_FRAMES
+    return whisper.pad_or_trim(spectrogram[:, : min(content_frames, mel.N_FRAMES)], mel.N_FRAMES)
+
+
 @pytest.mark.parametrize("n_mels", [80, 128])
 @pytest.mark.parametrize("name", FILES)
-def test_window_features_match_whisper_padded_to_3000_frames(name: Path, n_mels: int) -> None:
+def test_window_features_match_whisper_transcribe_s_window(name: Path, n_mels: int) -> None:
     audio = load_audio(name)
     assert len(audio) < mel.N_SAMPLES
-    ref = whisper.pad_or_trim(_reference(audio, n_mels, padding=mel.N_SAMPLES - len(audio)), mel.N_FRAMES)
+    ref = _transcribe_window(audio, n_mels)
     ours = mel.window_features(audio, n_mels)
     assert ours.dtype == np.float32
     assert ours.shape == ref.shape == (n_mels, 3000)
     assert np.abs(ours - ref).max() < 1e-3
+    # after the audio: 0.0, not the log-mel of zero samples (the floor, max - 8), which changes beam results
+    np.testing.assert_array_equal(ours[:, len(audio) // mel.HOP_LENGTH :], 0.0)
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])

@@ -8,8 +8,9 @@ WHISPER_STREAM_TRTLLM_RUNNER=faithful the CPU stand-in of `trtllm_cpu_runner` (s
 and output layout, backed by the default CTranslate2 model) on which CI runs this engine end to end.
 
 - Features: one batched `torch.stft` on the runner's device (`whisper_stream.mel.batch_window_features_torch`,
-  Whisper's exact definition), 128 bins for large-v3, each window zero-padded to 30 s (3000 frames) as
-  OpenAI's models expect; passed as (frames, n_mels) fp16 with `encoder_output_lengths = frames // 2`.
+  Whisper's exact definition), 128 bins for large-v3, each window's own frames then 0.0 frames up to 3000
+  (30 s), as whisper's `transcribe()` builds a window; passed as (frames, n_mels) fp16 with
+  `encoder_output_lengths = frames // 2`.
 - Prompt: `whisper_stream.whisper_tokens` (previous text, sot, language, task, no-timestamps, prefix), cut to
   the decoder's built `max_input_len`.
 - First step, for every request, one shared one-step call with `output_generation_logits=True`: the prompt up

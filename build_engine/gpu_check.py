@@ -380,9 +380,10 @@ def table(r: dict[str, Any]) -> str:
     lines = [
         f"gpu-check {r['date']} on {r['gpu'] or r['device']} (torch {r['torch']}, {r['total_seconds']} s)"
     ]
-    mel = r.get("mel", {})
-    lines.append(f"mel   max|gpu-cpu| 80: {mel.get('max_abs_diff_80')}  128: {mel.get('max_abs_diff_128')}"
-                 f"  error: {mel.get('error', '-')}")  # fmt: skip
+    mel = r.get("mel")
+    if mel is not None:
+        lines.append(f"mel   max|gpu-cpu| 80: {mel.get('max_abs_diff_80')}  "
+                     f"128: {mel.get('max_abs_diff_128')}  error: {mel.get('error', '-')}")  # fmt: skip
     c = r.get("compute", {})
     for k, v in c.get("encoder_s", {}).items():
         lines.append(f"enc   frames x batch {k:>9}: {1000 * v:8.1f} ms")

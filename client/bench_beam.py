@@ -32,9 +32,28 @@ from whisper_stream.engines.interface import TranscribeRequest
 WIDTHS = (1, 2, 3, 4, 5)
 
 
-def _options(width: int) -> Any:
+def beam_options(width: int) -> Any:
+    """The decoding options a client asking for `beam_width` gets (every other parameter at its default)."""
     meta = {"whisper_params": {"whisper_sampling_params": {"beam_width": width}}}
     return parse_metadata(meta).decode_options()
+
+
+def faster_whisper_text(model: Any, audio: np.ndarray, options: Any, language: str = "en") -> str:
+    """faster-whisper's own `transcribe()` of one window with the same beam, penalties and temperatures (its
+    30 s context, no timestamps, no VAD, no previous text): the reference the CPU engine is held to."""
+    segments, _ = model.transcribe(
+        audio,
+        language=language,
+        beam_size=options.beam_width,
+        length_penalty=options.length_penalty,
+        repetition_penalty=options.repetition_penalty,
+        no_repeat_ngram_size=options.no_repeat_ngram_size,
+        temperature=list(options.temperatures),
+        condition_on_previous_text=False,
+        without_timestamps=True,
+        vad_filter=False,
+    )
+    return " ".join(s.text.strip() for s in segments)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,28 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     reference_model = WhisperModel(engine.model_path, device="cpu", compute_type="int8")
     rows = []
     for width in WIDTHS:
-        options = _options(width)
+        options = beam_options(width)
         texts, times = [], []
         for audio in windows:
             started = time.perf_counter()
             (result,) = engine.transcribe_sync([TranscribeRequest(audio, replace(options))])
             times.append(time.perf_counter() - started)
             texts.append(result.text)
-        fw_texts = []
-        for audio in windows:
-            segments, _ = reference_model.transcribe(
-                audio,
-                language="en",
-                beam_size=width,
-                length_penalty=options.length_penalty,
-                repetition_penalty=options.repetition_penalty,
-                no_repeat_ngram_size=options.no_repeat_ngram_size,
-                temperature=list(options.temperatures),
-                condition_on_previous_text=False,
-                without_timestamps=True,
-                vad_filter=False,
-            )
-            fw_texts.append(" ".join(s.text.strip() for s in segments))
+        fw_texts = [faster_whisper_text(reference_model, audio, options) for audio in windows]
         row = {
             "beam_width": width,
             "s_per_window_median": statistics.median(times),

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from client.bench_beam import beam_options, faster_whisper_text
 from client.protocol import metadata, stream_pcm
 from client.speech import join_utterances, load_audio, to_pcm16, wer
 from whisper_stream.config import parse_metadata
@@ -36,11 +37,6 @@ def engine():
     return CTranslate2Engine()
 
 
-def _options(width: int):
-    meta = {"whisper_params": {"whisper_sampling_params": {"beam_width": width}}}
-    return parse_metadata(meta).decode_options()
-
-
 def test_the_30_s_window_is_faster_whisper_s_encoder_input(engine, speech):
     """Beam search's full context: the window's own log-mel frames, then 0.0 frames, as faster-whisper's (and
     openai-whisper's) `transcribe()` pad; the shortened greedy context keeps the log-mel of zero samples."""
@@ -58,23 +54,11 @@ def test_the_30_s_window_is_faster_whisper_s_encoder_input(engine, speech):
 def test_beam_search_transcribes_as_faster_whisper_does(engine, speech, width):
     """The issue's bound (within 1 WER point of faster-whisper's beam decoding) held window for window: the
     same text as faster-whisper's `transcribe()` with the same beam, penalties and temperatures."""
-    options = _options(width)
+    options = beam_options(width)
     for name in PARITY_SPEECH:
         audio = load_audio(speech[name].path)
         (ours,) = engine.transcribe_sync([TranscribeRequest(audio, options)])
-        segments, _ = engine._fw.transcribe(
-            audio,
-            language="en",
-            beam_size=width,
-            length_penalty=options.length_penalty,
-            repetition_penalty=options.repetition_penalty,
-            no_repeat_ngram_size=options.no_repeat_ngram_size,
-            temperature=list(options.temperatures),
-            condition_on_previous_text=False,
-            without_timestamps=True,
-            vad_filter=False,
-        )
-        assert ours.text == " ".join(s.text.strip() for s in segments), name
+        assert ours.text == faster_whisper_text(engine._fw, audio, options), name
 
 
 def test_the_window_that_repeated_is_transcribed_once(engine, speech):

@@ -33,6 +33,14 @@ class RecordingEngine:
         return None
 
 
+async def until(condition, timeout_s: float = 1.0) -> None:
+    """Let the scheduler's task run until `condition()` holds (or time is up: the asserts say why)."""
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
 def request(seconds: float) -> TranscribeRequest:
     return TranscribeRequest(np.zeros(int(seconds * 16000), np.float32))
 
@@ -53,10 +61,7 @@ async def test_finals_first_batched_and_unwanted_partials_dropped():
     for i, owner in enumerate("abcd"):
         scheduler.submit(Job(owner, "final", request(3.0 + i), done(f"f-{owner}")))
     engine.gate.set()
-    for _ in range(100):
-        if len(got) == 7:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(got) == 7)
     await scheduler.stop()
     assert engine.calls[0] == [1.0]
     # finals first, up to max_batch_size, least engine time first: "a" already had its partial run
@@ -77,10 +82,7 @@ async def test_cancel_forgets_a_stream():
     assert scheduler.queued == 1
     engine.gate.set()
     scheduler.start()
-    for _ in range(100):
-        if got:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: got)
     await scheduler.stop()
     assert got == ["b"]
 
@@ -170,17 +172,11 @@ async def test_a_dead_scheduling_task_fails_queued_work_reports_unhealthy_and_re
     scheduler.start()
     scheduler.submit(Job("a", "final", request(1.0), failed))
     scheduler.submit(Job("b", "partial", request(1.0), lambda r, e, t: got.append(e), wanted=boom))
-    for _ in range(100):
-        if got:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: got)
     assert got and "scheduler error" in (got[0] or "") and health == [False]
     got.clear()
     scheduler.submit(Job("c", "final", request(1.0), lambda r, e, t: got.append(e)))  # after the restart
-    for _ in range(100):
-        if got:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: got)
     await scheduler.stop()
     assert got == [None] and scheduler.healthy
 
@@ -203,10 +199,7 @@ async def test_flush_finals_first_speculative_before_partials_and_confirmed_ones
     confirmed["s-b"] = True  # its endpoint came while it was queued: it is a final now, first in line
     scheduler.start()
     engine.gate.set()
-    for _ in range(100):
-        if len(order) == 5:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(order) == 5)
     await scheduler.stop()
     assert engine.calls == [[1.1, 1.4], [1.3, 1.0]]
     assert "shed s-c" in order

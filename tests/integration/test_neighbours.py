@@ -53,6 +53,20 @@ def test_each_request_decodes_with_its_own_options_and_context(engine, speech):
     assert any(c["max_length"] <= 3 + 8 for c in calls), calls
 
 
+def test_max_new_tokens_is_the_exact_cap_with_and_without_a_prefix(engine, speech):
+    """CTranslate2 halves its `max_length`: a cap of 10 new tokens once gave 7. Each request in one call gets
+    exactly its own number of new tokens after its prefix (16.7 s of speech: ~50 tokens, none cut short)."""
+    long = load_audio(speech["ls_1221-135766-0001"].path)
+    tok = engine._tok
+    full = engine.transcribe_sync([TranscribeRequest(long)])[0].text
+    ids = tok.encode(full)
+    caps = [DecodeOptions(max_new_tokens=n, temperatures=(0.0,)) for n in (10, 30)]
+    prefix = tok.decode(ids[:4]).strip()  # the transcript's own first 4 tokens, forced
+    prefixed = DecodeOptions(prefix=prefix, max_new_tokens=5, temperatures=(0.0,))
+    results = engine.transcribe_sync([TranscribeRequest(long, o) for o in [*caps, prefixed]])
+    assert [r.text for r in results] == [tok.decode(ids[:10]), tok.decode(ids[:30]), tok.decode(ids[:9])]
+
+
 async def test_finals_are_identical_alone_and_beside_other_streams(server, speech):
     mine = to_pcm16(join_utterances([speech["ls_61-70968-0000"], speech["lj_LJ002-0020"]]).audio)
     alone = await stream_pcm(server.url, metadata(), mine, speed=0)

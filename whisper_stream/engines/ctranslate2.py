@@ -274,7 +274,7 @@ class CTranslate2Engine:
                 if temperature > 0
                 else {"beam_size": o.beam_width}
             )
-            max_length = min(MAX_TEXT_TOKENS, max(len(prompts[i]) for i in pending) + o.max_new_tokens)
+            max_length = max(self._max_length(prompts[i], o.max_new_tokens) for i in pending)
             results = self._model.generate(
                 view,
                 [prompts[i] for i in pending],
@@ -289,7 +289,8 @@ class CTranslate2Engine:
             )
             still = []
             for i, res in zip(pending, results, strict=True):
-                tokens = [t for t in res.sequences_ids[0] if t < self._tok.eot]
+                cap = self._forced(prompts[i]) + o.max_new_tokens  # its own cap in a mixed call
+                tokens = [t for t in res.sequences_ids[0][:cap] if t < self._tok.eot]
                 n = len(res.sequences_ids[0])
                 avg = res.scores[0] * (n**o.length_penalty) / (n + 1)
                 text = self._tok.decode(tokens)
@@ -311,6 +312,19 @@ class CTranslate2Engine:
                 break
             pending = still
         return best  # type: ignore[return-value]
+
+    def _max_length(self, prompt: list[int], max_new_tokens: int) -> int:
+        """CTranslate2's `max_length` for `max_new_tokens` after the prompt's prefix (forced text tokens).
+
+        CTranslate2's Whisper decodes at most min(max_length / 2, max_length - tokens before
+        <|notimestamps|>) tokens, the prefix among them, so prompt + cap alone would halve a short cap (10 new
+        tokens came back as 7). Whisper's context of 448 tokens bounds it: at most 224 tokens a window."""
+        want = self._forced(prompt) + max_new_tokens
+        return min(MAX_TEXT_TOKENS, max(2 * want, prompt.index(self._tok.no_timestamps) + want))
+
+    def _forced(self, prompt: list[int]) -> int:
+        """Prefix tokens after <|notimestamps|>: CTranslate2 returns them as the start of the text."""
+        return len(prompt) - prompt.index(self._tok.no_timestamps) - 1
 
     def _suppressed_tokens(self) -> set[int]:
         tok = self._tok

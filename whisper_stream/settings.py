@@ -38,6 +38,9 @@ class ServerSettings(BaseSettings):
     )
     device: str = Field("cpu", description="ctranslate2 device: cpu or cuda")
     cpu_threads: int = Field(0, ge=0, description="ctranslate2 CPU threads (0: one per core, at most 4)")
+    engine_workers: int = Field(
+        0, ge=0, le=16, description="ctranslate2: engine calls at once, one CTranslate2 replica each (0: 2)"
+    )
     max_batch_size: int = Field(8, ge=1, le=256, description="most windows in one engine call")
     triton_url: str = Field("127.0.0.1:8011", description="triton: gRPC address of the Triton server")
     triton_model: str = Field("whisper_ensemble", description="triton: model to call")

@@ -64,6 +64,7 @@ def create_engine(
         cpu_threads=int(parameters.get("cpu_threads") or 0),
         max_batch_size=max_batch_size,
         device_index=device_id if instance_kind.upper() == "GPU" else 0,
+        workers=1,  # each Triton model instance makes one call at a time; instance_group adds more
     )
 
 

@@ -36,4 +36,5 @@ def create_engine(settings: ServerSettings) -> Engine:
         cpu_threads=settings.cpu_threads,
         max_batch_size=settings.max_batch_size,
         adaptive_context=not settings.full_context,
+        workers=settings.engine_workers,
     )

@@ -147,10 +147,59 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-async def run_streams(url: str, streams: list[JoinedStream], partials: bool) -> list[dict[str, Any]]:
+class FullLoad:
+    """The part of a run when all N streams send audio, from the last stream's first frame to the first
+    stream's last: the server's CPU there is its cost at N streams. Over the whole run it is not: streams
+    start 0.25 s apart, so the run's first and last seconds serve fewer streams (smaller VAD batches), and
+    each stream's connection, metadata and closing are counted once per ~30 s of audio."""
+
+    def __init__(self, pid: int, n: int) -> None:
+        self.pid, self.n = pid, n
+        self._started = 0
+        self.start: tuple[float, float] | None = None  # (monotonic time, server CPU seconds)
+        self.end: tuple[float, float] | None = None
+
+    def progress(self, js: JoinedStream) -> Any:
+        """`stream_pcm`'s on_progress for one stream."""
+        total_s = len(js.audio) / 16000
+        first = True
+
+        def on_progress(sent_s: float) -> None:
+            nonlocal first
+            if first:
+                first = False
+                self._started += 1
+                if self._started == self.n:
+                    self.start = (time.monotonic(), cpu_seconds(self.pid))
+            if sent_s >= total_s - 0.05 and self.end is None and self.start is not None:
+                self.end = (time.monotonic(), cpu_seconds(self.pid))
+
+        return on_progress
+
+    @property
+    def window_s(self) -> float | None:
+        return self.end[0] - self.start[0] if self.start and self.end else None
+
+    @property
+    def core_percent_per_stream(self) -> float | None:
+        if not (self.start and self.end and self.window_s):
+            return None
+        return 100 * (self.end[1] - self.start[1]) / self.window_s / self.n
+
+
+async def run_streams(
+    url: str, streams: list[JoinedStream], partials: bool, full_load: FullLoad | None = None
+) -> list[dict[str, Any]]:
     async def one(i: int, js: JoinedStream) -> dict[str, Any]:
         await asyncio.sleep(0.25 * i)
-        res = await stream_pcm(url, metadata(partials=partials), to_pcm16(js.audio), speed=1.0, timeout_s=600)
+        res = await stream_pcm(
+            url,
+            metadata(partials=partials),
+            to_pcm16(js.audio),
+            speed=1.0,
+            timeout_s=600,
+            on_progress=full_load.progress(js) if full_load else None,
+        )
         latencies = []
         for end in js.speech_ends:
             arrivals = [
@@ -265,18 +314,22 @@ async def cmd_frontend(args: argparse.Namespace, server: LocalServer) -> dict[st
     for n in args.concurrency:
         streams = streams_of(n, args.utterances_per_stream, 1.5, args.data)
         before = scrape(server)
+        full_load = FullLoad(server.proc.pid, n)
         async with Sampler(server.proc.pid) as sampler:
-            await run_streams(server.url, streams, partials=True)
+            await run_streams(server.url, streams, partials=True, full_load=full_load)
         after = scrape(server)
         audio_s = sum(len(s.audio) for s in streams) / 16000
         rows.append(
             {
                 "streams": n,
                 "server_cpu_percent": sampler.cpu_percent,
-                # CPU per second of audio = share of one core per real-time stream (streams start staggered,
-                # so dividing the run's CPU by N would flatter it)
+                # CPU per second of audio = share of one core per real-time stream over the whole run
+                # (streams start staggered, so dividing the run's CPU by N would flatter it)
                 "cpu_ms_per_audio_s": 1000 * sampler.cpu / audio_s,
                 "core_percent_per_realtime_stream": 100 * sampler.cpu / audio_s,
+                # the same while all N streams send: the cost at N streams (the issue #11 goal)
+                "full_load_core_percent_per_stream": full_load.core_percent_per_stream,
+                "full_load_window_s": full_load.window_s,
                 "loop_lag_p50_s": loop_lag_quantile(before, after, 0.5),
                 "loop_lag_p99_s": loop_lag_quantile(before, after, 0.99),
                 "loadavg": os.getloadavg(),

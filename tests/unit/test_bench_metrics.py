@@ -192,3 +192,29 @@ def test_mulaw_and_alaw_match_the_reference_codec():
     x = pcm.astype(np.float32) / 32768.0
     assert encode_audio(x, "pcm_mulaw") == audioop.lin2ulaw(raw, 2)
     assert encode_audio(x, "pcm_alaw") == audioop.lin2alaw(raw, 2)
+
+
+def test_full_load_window_runs_from_the_last_stream_start_to_the_first_stream_end():
+    """bench-frontend's cost at N streams: read while all N send, not over the staggered start and end."""
+    import os
+
+    from client.bench_server import FullLoad
+    from client.speech import JoinedStream
+
+    def stream(seconds: float) -> JoinedStream:
+        return JoinedStream(np.zeros(int(seconds * 16000), dtype=np.float32), (), (), ())
+
+    window = FullLoad(os.getpid(), 2)
+    short, long = window.progress(stream(1.0)), window.progress(stream(3.0))
+    short(0.032)
+    assert window.start is None  # one of two streams sending: not full load yet
+    short(0.5)
+    long(0.032)
+    assert window.start is not None and window.end is None
+    long(2.0)
+    sum(i * i for i in range(200_000))  # some CPU inside the window
+    short(1.0)  # the short stream sent its last frame: the window closes
+    end = window.end
+    long(3.0)
+    assert window.end == end and window.window_s is not None and window.window_s > 0
+    assert window.core_percent_per_stream is not None and window.core_percent_per_stream >= 0

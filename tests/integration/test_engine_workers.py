@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from client.speech import load_audio
+from whisper_stream.engines import create_engine
 from whisper_stream.engines.ctranslate2 import DEFAULT_WORKERS, CTranslate2Engine
 from whisper_stream.engines.interface import TranscribeRequest
+from whisper_stream.settings import ServerSettings
 
 
 def busiest(engine: CTranslate2Engine, requests: list[TranscribeRequest]) -> tuple[int, int]:
@@ -39,10 +41,12 @@ def busiest(engine: CTranslate2Engine, requests: list[TranscribeRequest]) -> tup
     return running, queued
 
 
-@pytest.mark.parametrize("workers", [1, DEFAULT_WORKERS])
+@pytest.mark.parametrize("workers", [1, 0])
 def test_calls_run_side_by_side_on_their_own_replicas(speech, workers):
-    assert DEFAULT_WORKERS == 2
-    engine = CTranslate2Engine(workers=workers)
+    """`--engine-workers 1`, and the default (0: `DEFAULT_WORKERS`, two)."""
+    engine = create_engine(ServerSettings(engine_workers=workers))
+    assert isinstance(engine, CTranslate2Engine) and DEFAULT_WORKERS == 2
+    workers = workers or DEFAULT_WORKERS
     assert engine.max_inflight == workers and engine._model.num_workers == workers
     audio = load_audio(speech["ls_1221-135766-0001"].path)  # 16.7 s: a call lasts ~0.5 s
     running, queued = busiest(engine, [TranscribeRequest(audio), TranscribeRequest(audio)])

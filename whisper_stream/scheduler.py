@@ -5,8 +5,8 @@ enforces it); a queued partial whose utterance has meanwhile ended is dropped un
 waiting after `partial_max_wait_s`. Speculative finals (a final decoded before its endpoint) queue with the
 partials, ahead of them, and are shed by the same rules until the session confirms them; a confirmed one
 becomes an urgent final. A final a client's flush asked for (`urgent`) goes ahead of every other final. Up to
-`engine.max_inflight` calls run at once (1 for the in-process CPU engine, several for Triton, whose dynamic
-batcher merges them).
+`engine.max_inflight` calls run at once (the CPU engine's `--engine-workers` replicas, 2 by default; several
+for Triton, whose dynamic batcher merges them).
 
 Fairness: the engine is shared by engine time, not by request count. Each stream's recent engine time
 (decayed with a `FAIR_SHARE_HALF_LIFE_S` half-life, an engine call's time split among its requests by audio

@@ -109,8 +109,8 @@ class Engine(Protocol):
     alone failed (raising fails the whole call; the scheduler then retries its requests one by one).
     `check_options` raises ValueError, at stream start, for options the engine cannot honour: an option is
     refused, never silently ignored. `max_batch_size` bounds one call; `max_inflight` says how many calls
-    the scheduler may have running at once (1 for an in-process engine that uses all cores, more for a
-    remote server that batches on its side).
+    the scheduler may have running at once (the CPU engine's replicas, 1 for the TensorRT-LLM executor,
+    more for a remote server that batches on its side).
     """
 
     name: str

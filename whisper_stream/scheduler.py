@@ -107,6 +107,7 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         (self._finals if job.kind == "final" else self._partials).append(job)
+        self._usage.setdefault(job.owner, _Usage())  # dropped by `cancel`, never re-created by a late answer
         self._wake.set()
 
     def cancel(self, owner: object) -> None:
@@ -230,7 +231,9 @@ class Scheduler:
         model_s = now - started
         total = sum(len(j.request.audio) for j in batch) or 1
         for job, result in zip(batch, results, strict=True):
-            self._usage.setdefault(job.owner, _Usage()).add(model_s * len(job.request.audio) / total, now)
+            usage = self._usage.get(job.owner)  # None: the stream ended while its job was in the engine
+            if usage is not None:
+                usage.add(model_s * len(job.request.audio) / total, now)
             if isinstance(result, RequestError):
                 job.callback(None, f"transcription failed: {result}", None)
                 continue

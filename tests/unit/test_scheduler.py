@@ -87,6 +87,22 @@ async def test_cancel_forgets_a_stream():
     assert got == ["b"]
 
 
+async def test_a_stream_that_ends_during_its_engine_call_is_forgotten():
+    """Its fairness record is not re-created by the late answer (it would keep the whole session alive)."""
+    engine = RecordingEngine()
+    scheduler = Scheduler(engine)
+    scheduler.start()
+    got = []
+    scheduler.submit(Job("a", "partial", request(1.0), lambda *a: got.append("a")))
+    await until(lambda: scheduler.queued == 0)  # inside the engine call, held by the gate
+    scheduler.cancel("a")  # the client went away
+    engine.gate.set()
+    await until(lambda: got)
+    await scheduler.stop()
+    assert got == ["a"]
+    assert scheduler._usage == {}
+
+
 class PickyEngine(RecordingEngine):
     """Fails any call that holds the poisoned request; answers the rest."""
 

@@ -302,10 +302,15 @@ class Session:
 
     @property
     def lag_s(self) -> float:
-        """Seconds of received audio that no sent message covers yet, and that is not known silence."""
-        if not self._ep.in_speech and not self._delivery.outstanding:
+        """How far transcription is behind this stream: received audio after the oldest speech still owed a
+        final (an outstanding final's window, or the open segment) that no sent message covers yet. A pause
+        between utterances is never lag, however long."""
+        owed = [p.start_s for p in self._inflight.values() if p.kind == "final"]
+        if self._ep.in_speech:
+            owed.append(self._seg_start / SAMPLE_RATE)
+        if not owed:
             return len(self._tail) / SAMPLE_RATE
-        return self.received_s - self._covered_s
+        return self.received_s - max(self._covered_s, min(owed))
 
     # -- events ------------------------------------------------------------------------------------------
 

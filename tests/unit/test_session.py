@@ -315,6 +315,30 @@ def test_lag_is_reported_and_bounded_by_received_audio():
     assert 2.0 <= msg["server_lag_s"] <= s.received_s
 
 
+def test_a_long_pause_between_utterances_is_not_lag():
+    """A caller on hold for two minutes: lag_s (what sheds partials at max_lag_s / 2 and closes the stream
+    at max_lag_s) counts from the speech still owed a final, not from the last transcript sent."""
+    meta = make().config
+    s = Session(meta, LoudnessVad(), stream_id="s1", max_partial_lag_s=60.0)
+    (f,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
+    answer(s, f)
+    feed(s, silence(125.0))
+    feed(s, tone(1.0))
+    assert s.lag_s == pytest.approx(1.0, abs=0.1)
+    (g,) = requests(feed(s, silence(0.5)), "final")
+    assert s.lag_s == pytest.approx(1.5, abs=0.1)  # its final is outstanding: owed since its speech began
+    answer(s, g)
+    assert s.lag_s < 0.1
+    s = make_meta({"whisper_params": {"enable_vad": False}})
+    feed(s, silence(125.0))  # fixed windows of silence, each discarded
+    assert s.lag_s <= 30.0
+    s = Session(make(partials=True).config, LoudnessVad(), stream_id="s1", max_partial_lag_s=60.0)
+    for req in requests(feed(s, np.concatenate([tone(1.0), silence(0.5)]))):
+        answer(s, req)
+    feed(s, silence(125.0))
+    assert requests(feed(s, tone(1.0)), "partial")  # not shed as if 126 s behind
+
+
 def test_audio_after_end_audio_is_refused():
     s = make()
     s.end_audio(now=0.0)

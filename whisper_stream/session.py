@@ -627,6 +627,8 @@ class Session:
         self._segment += 1
         self._seg_start = cut
         self._frame_probs = self._frame_probs[quietest:]
+        # the rest is judged by its own speech: an utterance that ended just before the cut leaves silence
+        self._ep.speech_frames = sum(q >= self._threshold for q in self._frame_probs)
         self._since_partial = self._buf_end - cut
         if self._ep.silence_start is not None and self._ep.silence_start < cut:
             self._ep.silence_start = cut
@@ -675,9 +677,10 @@ class Session:
             if spec is not None and confirmed:
                 spec.pending.cause = cause
                 ready = self._confirm(spec, flush, urgent)
+                self._segment += 1
             elif end > start:
                 actions.append(self._request("final", start, end, flush=flush, urgent=urgent, cause=cause))
-            self._segment += 1
+                self._segment += 1
             self._speech_end = end
         self._utterance_language = None
         self._trim(max(end, self._buf_end - self._pad))

@@ -174,6 +174,17 @@ def test_forced_final_at_max_duration_partitions_the_audio():
         assert 1.75 <= t <= 2.05, f.end_s
 
 
+@pytest.mark.parametrize("pad_ms,speech_s", [(0, 9.9), (200, 9.7)])
+def test_speech_ending_just_before_the_cut_leaves_no_silent_final_and_no_gap_in_numbers(pad_ms, speech_s):
+    """The rest of a cut segment is judged by its own speech: silence after the cut is no utterance."""
+    s = make(max_s=10.0, speech_pad_ms=pad_ms, speculative=True)
+    audio = np.concatenate([silence(1.0), tone(speech_s), silence(2.0), tone(1.0), silence(1.0)])
+    reqs = [r for r in requests(feed(s, audio)) if r.kind in ("final", "speculative")]
+    assert all(np.sqrt(np.mean(r.request.audio**2)) > 0.05 for r in reqs)  # none decodes silence
+    msgs = [m for r in reqs for m in sent(answer(s, r))]
+    assert [m["transcription_num"] for m in msgs] == [0, 1]
+
+
 def test_finals_are_sent_in_order_even_when_results_arrive_reversed():
     s = make()
     acts = feed(s, np.concatenate([tone(1.0), silence(0.5), tone(1.0), silence(0.5)]))

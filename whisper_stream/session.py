@@ -111,6 +111,7 @@ class _Pending:
     segment: int
     start_s: float
     end_s: float
+    options: DecodeOptions  # the stream's options when it was requested (an update_config waits for the next)
     flush: bool = False
     continues: bool = False  # a forced cut: the utterance goes on in the next segment
     known_language: tuple[str, float | None] | None = None  # language reused from the utterance's first chunk
@@ -743,6 +744,7 @@ class Session:
             self._segment,
             start / SAMPLE_RATE,
             end / SAMPLE_RATE,
+            self._options,
             flush,
             continues,
             known,
@@ -779,13 +781,12 @@ class Session:
         language, language_prob = result.language, result.language_prob
         if pending.known_language is not None:
             language, language_prob = pending.known_language
+        o = pending.options
         segs = [
-            messages.segment_dict(
-                seg, pending.start_s, language, language_prob, flagged, self._options.word_timestamps
-            )
-            for seg, flagged in filter_segments(result.segments, self._options.prompt)
+            messages.segment_dict(seg, pending.start_s, language, language_prob, flagged, o.word_timestamps)
+            for seg, flagged in filter_segments(result.segments, o.prompt)
         ]
-        if not segs and not self._options.language_detection_only:
+        if not segs and not o.language_detection_only:
             return None
         self._covered_s = max(self._covered_s, pending.end_s)
         if is_final and segs:

@@ -10,6 +10,7 @@ import numpy as np
 from tests.unit.fakes import LoudnessVad, silence, tone
 from tests.unit.test_session import answer, feed, make, requests, sent
 from whisper_stream.config import StreamConfig, parse_metadata
+from whisper_stream.engines.interface import Segment, TranscribeResult, Word
 from whisper_stream.session import Event, Send, Session
 
 
@@ -78,6 +79,20 @@ def test_update_config_applies_from_the_next_utterance():
     final = requests(feed(s, np.concatenate([tone(1.0), silence(1.0)])), "final")[0]
     assert final.request.options.prompt == "Kubernetes" and final.request.options.language == "de"
     assert acts is not None
+
+
+def test_an_outstanding_final_is_sent_with_the_settings_it_was_requested_with():
+    """update_config applies when the segment closes, while its final is still being decoded: that final
+    keeps its word timestamps, and is not filtered as an echo of the new prompt."""
+    s = Session(plain({"whisper_params": {"show_word_timestamps": True}}), LoudnessVad(), stream_id="s")
+    final = requests(feed(s, np.concatenate([tone(1.0), silence(1.0)])), "final")[0]
+    config = plain({"whisper_params": {"show_word_timestamps": False, "prompt": "okay"}})
+    assert s.update_config(config) is True
+    word = Word(word=" okay", start=0.1, end=0.5, prob=0.9)
+    seg = Segment(0.0, 1.0, " okay", -0.1, no_speech_prob=0.01, compression_ratio=1.0, words=(word,))
+    result = TranscribeResult(segments=(seg,), language="en", language_prob=None)
+    (msg,) = sent(s.on_result(final.request_id, result, None, 0.0))
+    assert msg["transcript"] == "okay" and msg["segments"][0]["word_timestamps"]
 
 
 def test_update_config_changes_the_endpointer_now_when_idle():

@@ -4,7 +4,8 @@ Finals are never dropped. Partials are best-effort: each stream has at most one 
 enforces it); a queued partial whose utterance has meanwhile ended is dropped unrun, and so is one still
 waiting after `partial_max_wait_s`. Speculative finals (a final decoded before its endpoint) queue with the
 partials, ahead of them, and are shed by the same rules until the session confirms them; a confirmed one
-becomes an urgent final. A final a client's flush asked for (`urgent`) goes ahead of every other final. Up to
+becomes an urgent final (its client already waits). A final a client's flush asked for is urgent too: urgent
+finals go ahead of every other final, in fairness order among themselves. Up to
 `engine.max_inflight` calls run at once (the CPU engine's `--engine-workers` replicas, 2 by default; several
 for Triton, whose dynamic batcher merges them).
 

@@ -401,7 +401,7 @@ class _StreamLoop:
             log.exception("stream %s failed", self._stream_id)
             if self._open:
                 message = f"internal error in this stream ({type(exc).__name__}); it was closed"
-                failure = protocol.fail("INTERNAL_ERROR", message, CLOSE_INTERNAL, time.time())
+                failure = protocol.fail("STREAM_ERROR", message, CLOSE_INTERNAL, time.time())
                 with contextlib.suppress(TransportClosed):
                     await self._carry_out(failure)
         finally:

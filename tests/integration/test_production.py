@@ -135,3 +135,43 @@ async def test_an_unpaced_upload_that_never_reads_cannot_grow_the_server(speech)
     assert sent < (300 << 20), "the server took 300 MiB from one client without pushing back"
     print(f"RSS {baseline:.0f} -> {peak:.0f} MB after {sent / (1 << 20):.0f} MiB sent")
     assert peak - baseline < RSS_BOUND_MB, (baseline, peak, sent)
+
+
+@pytest.mark.parametrize(
+    "path,flush",
+    [
+        ("/v1/websocket", {"type": "finalize"}),
+        ("/v1/listen?encoding=linear16&sample_rate=16000", {"type": "Finalize"}),
+    ],
+)
+async def test_a_bug_in_one_stream_closes_it_with_an_error_and_1011_and_the_others_go_on(
+    path, flush, monkeypatch
+):
+    from whisper_stream import session as session_module
+    from whisper_stream.engines.null import NullEngine
+
+    def buggy(self):
+        raise RuntimeError("a bug in the session")
+
+    monkeypatch.setattr(session_module.Session, "finalize", buggy)
+    settings = ServerSettings(host="127.0.0.1", port=free_port(), engine="null")
+    server = await start_server(settings, build_runtime(settings, NullEngine()))
+    base = f"ws://127.0.0.1:{settings.port}"
+    try:
+        async with websockets.connect(f"{base}/v1/websocket") as healthy:
+            await healthy.send(json.dumps(metadata()))
+            async with websockets.connect(base + path) as ws:
+                if path == "/v1/websocket":
+                    await ws.send(json.dumps(metadata()))
+                await ws.send(json.dumps(flush))
+                error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                assert ws.close_code == 1011
+            assert "internal error" in json.dumps(error), error
+            await healthy.send(json.dumps({"type": "health_check", "trace_id": "t"}))
+            reply = json.loads(await asyncio.wait_for(healthy.recv(), 10))
+            assert reply["type"] == "health_check" and reply["body"]["healthy"] is True, reply
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -149,8 +149,9 @@ class StreamConfig(_Strict):
             if not isinstance(flat, dict):
                 raise ValueError("streaming_whisper_params must be an object")
             flat = dict(flat)
-            streaming = dict(data.get("streaming_params") or {})
-            whisper = dict(data.get("whisper_params") or {})
+            streaming, whisper = _section(data, "streaming_params"), _section(data, "whisper_params")
+            if streaming is None or whisper is None:
+                return data  # no object: the field's own validation names it
             for key in ("encoding", "sample_rate", "enable_partial_transcripts"):
                 if key in flat:
                     streaming.setdefault(key, flat.pop(key))
@@ -164,8 +165,10 @@ class StreamConfig(_Strict):
         if asr is not None:
             if not isinstance(asr, dict) or set(asr) - {"beam_size", "length_penalty"}:
                 raise ValueError("asr_options accepts only beam_size and length_penalty")
-            whisper = dict(data.get("whisper_params") or {})
-            sampling = dict(whisper.get("whisper_sampling_params") or {})
+            whisper = _section(data, "whisper_params")
+            sampling = None if whisper is None else _section(whisper, "whisper_sampling_params")
+            if whisper is None or sampling is None:
+                return data  # no object: the field's own validation names it
             if "beam_size" in asr:
                 sampling.setdefault("beam_width", asr["beam_size"])
             if "length_penalty" in asr:
@@ -204,6 +207,14 @@ NOT_IMPLEMENTED: dict[str, Any] = {
     "streaming_diarization_config": None,
     "diarization_config": None,
 }
+
+
+def _section(data: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """A copy of the object at `key` ({} when absent), or None when the client sent no object there."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    return dict(value) if isinstance(value, dict) else None
 
 
 class ConfigError(ValueError):

@@ -60,6 +60,10 @@ def _metadata_cases() -> list[Any]:
         ({"asr_options": {"beam": 2}}, 1007, "beam_size"),
         ('{"stream_id": "s\\ud800"}', 1007, "stream_id"),  # a lone surrogate: no valid string
         ({"streaming_whisper_params": {"volume": 3}}, 1007, "streaming_whisper_params"),
+        # a legacy shape merged into a block that is no object: that block named, no internal error
+        ({"streaming_whisper_params": {}, "streaming_params": [1, 2]}, 1007, "streaming_params"),
+        ({"asr_options": {"beam_size": 2}, "whisper_params": 5}, 1007, "whisper_params"),
+        ({"asr_options": {"beam_size": 2}, "whisper_params": {"whisper_sampling_params": 5}}, 1007, "sampl"),
     ]
     # one wrong type for every scalar field of the schema: strict types, the field named in the error
     wrong_types = {

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from whisper_stream.engines.interface import DecodeOptions
+from whisper_stream.engines.interface import MAX_WINDOW_S, DecodeOptions
 
 ENCODINGS = ("pcm_s16le", "pcm_mulaw", "pcm_f32le", "pcm_alaw")
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -48,13 +48,18 @@ class StreamingParams(_Strict):
     sample_rate: int = Field(16000, ge=8000, le=48000)
     enable_partial_transcripts: bool = False
     partial_transcript_interval_s: float = Field(0.5, ge=0.1, le=30.0)
-    final_transcript_max_duration_s: float = Field(30.0, ge=1.0, le=30.0)
+    final_transcript_max_duration_s: float = Field(30.0, ge=1.0)  # clamped to Whisper's 30 s, as Baseten does
     prioritize_latency: bool = True
     skip_partial_if_hallucination: bool = True
     include_pipeline_latency_metric: bool = False
     # Our addition: decode an utterance's final from its first silent frame, sent once the endpoint or a
     # flush confirms it (dropped if speech resumes). Off: the final is decoded only after the endpoint.
     speculative_finals: bool = True
+
+    @field_validator("final_transcript_max_duration_s")
+    @classmethod
+    def _clamp(cls, value: float) -> float:
+        return min(value, MAX_WINDOW_S)
 
 
 class SamplingParams(_Strict):

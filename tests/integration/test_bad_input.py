@@ -46,7 +46,7 @@ def _metadata_cases() -> list[Any]:
         ({"streaming_vad_config": {"threshold": 1.5}}, 1007, "streaming_vad_config.threshold"),
         ({"vad_params": {"min_silence_duration_ms": -1}}, 1007, "vad_params.min_silence_duration_ms"),
         ({"vad_params": {}, "streaming_vad_config": {}}, 1007, "either vad_params or streaming_vad_config"),
-        ({"streaming_params": {"final_transcript_max_duration_s": 31}}, 1007, "final_transcript_max"),
+        ({"streaming_params": {"final_transcript_max_duration_s": 0.5}}, 1007, "final_transcript_max"),
         ({"streaming_params": {"encoding": "opus"}}, 1003, "allowed values"),
         ({"streaming_params": {"sample_rate": 96000}}, 1003, "streaming_params.sample_rate"),
         ({"whisper_params": {"audio_langauge": "en"}}, 1007, "unknown field 'whisper_params.audio_langauge'"),

@@ -48,6 +48,11 @@ def test_early_flat_shape():
     assert c.decode_options().language is None
 
 
+def test_a_maximum_segment_over_30_s_is_clamped_as_on_baseten():
+    c = parse_metadata({"streaming_params": {"final_transcript_max_duration_s": 45}})
+    assert c.streaming_params.final_transcript_max_duration_s == 30.0
+
+
 def test_asr_options_map_to_sampling_params():
     c = parse_metadata({"asr_options": {"beam_size": 3, "length_penalty": 1.5}})
     sp = c.whisper_params.whisper_sampling_params
@@ -114,9 +119,9 @@ def test_every_current_field_is_accepted_at_its_default():
             "greater than or equal to 0",
         ),
         (
-            {"streaming_params": {"final_transcript_max_duration_s": 45}},
+            {"streaming_params": {"final_transcript_max_duration_s": 0.5}},
             "streaming_params.final_transcript_max_duration_s",
-            "less than or equal to 30",
+            "greater than or equal to 1",
         ),
         ({"streaming_params": {"encoding": "opus"}}, "streaming_params.encoding", "allowed values"),
         ({"whisper_params": {"audio_langauge": "en"}}, "whisper_params.audio_langauge", "unknown field"),

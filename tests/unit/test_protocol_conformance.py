@@ -291,6 +291,23 @@ OA_REFUSED = [
         "session.audio.input.transcription.delay",
     ),
     ({"type": "transcription", "tools": []}, "session.tools"),
+    # wrong types: named like any other bad value, not a server_error and a closed session
+    (
+        {"type": "transcription", "audio": {"input": {"turn_detection": {"threshold": None}}}},
+        "session.audio.input.turn_detection.threshold",
+    ),
+    (
+        {"type": "transcription", "audio": {"input": {"turn_detection": {"prefix_padding_ms": [1]}}}},
+        "session.audio.input.turn_detection.prefix_padding_ms",
+    ),
+    (
+        {"type": "transcription", "audio": {"input": {"turn_detection": {"silence_duration_ms": True}}}},
+        "session.audio.input.turn_detection.silence_duration_ms",
+    ),
+    (
+        {"type": "transcription", "audio": {"input": {"format": {"type": ["audio/pcm"]}}}},
+        "session.audio.input.format.type",
+    ),
 ]
 
 

@@ -20,7 +20,7 @@ import json
 import uuid
 from typing import Any
 
-from whisper_stream.config import ConfigError, StreamConfig, StreamingParams, VadConfig, WhisperParams
+from whisper_stream.config import ConfigError, StreamConfig, StreamingParams, VadConfig, WhisperParams, short
 from whisper_stream.session import Close, Event, Send, Session, Transcribe
 from whisper_stream.stream import Audio, Out, Runtime
 
@@ -147,7 +147,11 @@ class OpenAIRealtimeProtocol:
             raise RealtimeError(f"unknown field session.audio.input.{key}", f"session.audio.input.{key}")
         if "format" in inp:
             fmt = inp["format"]
-            if not isinstance(fmt, dict) or fmt.get("type") not in FORMATS:
+            if (
+                not isinstance(fmt, dict)
+                or not isinstance(fmt.get("type"), str)
+                or fmt["type"] not in FORMATS
+            ):
                 raise RealtimeError(
                     f"session.audio.input.format: type must be one of {', '.join(FORMATS)}",
                     "session.audio.input.format.type",
@@ -184,6 +188,13 @@ class OpenAIRealtimeProtocol:
                         f"turn_detection.{name} is not supported",
                         f"session.audio.input.turn_detection.{name}",
                     )
+                for key in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
+                    value = td.get(key, 0)
+                    if isinstance(value, bool) or not isinstance(value, int | float):
+                        raise RealtimeError(
+                            f"turn_detection.{key} must be a number, got {short(value)}",
+                            f"session.audio.input.turn_detection.{key}",
+                        )
                 base = fields["turn_detection"] or dict(DEFAULT_TURN)
                 td = {**base, **{k: v for k, v in td.items() if k in DEFAULT_TURN}, "type": "server_vad"}
             fields["turn_detection"] = td

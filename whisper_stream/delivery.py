@@ -28,6 +28,14 @@ class InOrder(Generic[T, P]):
         """How many finals have been requested and not released yet."""
         return len(self._order)
 
+    def last(self) -> int | None:
+        """The latest final requested and not released yet."""
+        return self._order[-1] if self._order else None
+
+    def waiting(self, request_id: int) -> T | None:
+        """A final's outcome, recorded and held behind an earlier one."""
+        return self._done.get(request_id)
+
     def expect(self, request_id: int) -> None:
         self._order.append(request_id)
 

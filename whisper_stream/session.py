@@ -63,6 +63,7 @@ class TranscriptInfo:
     start_s: float
     end_s: float
     cause: Cause | None = None  # finals: why the segment ended
+    answers_flush: bool = False  # a flush asked for it, or came while it was decoding with nothing after it
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class _Pending:
     processing_s: float = 0.0  # audio decoding + VAD time spent on this segment's audio
     cause: Cause | None = None
     speculative: bool = False  # decoded from the first silent frame, before the endpoint confirmed it
+    answers_flush: bool = False  # a flush came while it was outstanding, with no speech open after it
 
 
 @dataclass
@@ -460,6 +462,22 @@ class Session:
         actions = self.finalize()
         sent = any(isinstance(a, Send) and a.message.get("is_final") is True for a in actions)
         return actions, sent or self._delivery.outstanding > before
+
+    def answer_flush_with_outstanding(self) -> bool:
+        """A flush with nothing of its own to finalize, while the latest final is still on its way (its
+        endpoint came just before): that final answers it (`TranscriptInfo.answers_flush`), so an empty
+        answer sent now does not overtake it. False when no final is outstanding."""
+        last = self._delivery.last()
+        if last is None:
+            return False
+        pending = self._inflight.get(last)
+        if pending is None:
+            done = self._delivery.waiting(last)  # decoded, held behind an earlier final
+            pending = done.pending if done is not None else None
+        if pending is None:
+            return False
+        pending.answers_flush = True
+        return True
 
     def _flush_end(self) -> int:
         """Where a flush closes the segment: at the speculative window if only silence followed it."""
@@ -832,7 +850,9 @@ class Session:
         return [Send(msg, self._info(pending))]
 
     def _info(self, pending: _Pending) -> TranscriptInfo:
-        return TranscriptInfo(pending.kind, pending.segment, pending.start_s, pending.end_s, pending.cause)
+        p = pending
+        flushed = p.cause == "finalize" or p.answers_flush
+        return TranscriptInfo(p.kind, p.segment, p.start_s, p.end_s, p.cause, flushed)
 
     def _deliver(self, finals: list[_Done], now: float) -> list[Action]:
         actions: list[Action] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from tests.unit.fakes import LoudnessVad, fake_result, pcm, silence, tone
@@ -153,6 +154,24 @@ def test_deepgram_results_shape_finalize_and_close_stream():
     outs = on_frame(proto, json.dumps({"type": "CloseStream"}), 0.0)
     assert [a.message["type"] for s, a in outs if s is None and isinstance(a, Send)] == ["Metadata"]
     assert outs[-1][1].code == 1000 and proto.finished
+
+
+def test_deepgram_finalize_while_the_endpoint_final_decodes_is_answered_by_that_final():
+    """No empty from_finalize result overtakes the transcript still on its way (pipecat ends the turn on
+    from_finalize): the outstanding final answers the flush."""
+    proto = deepgram.DeepgramProtocol(parse_params(BASE), runtime())
+    outs = on_frame(proto, pcm(np.concatenate([tone(1.0), silence(1.0)])), 0.0)  # the endpoint fired
+    (final,) = [a for s, a in outs if isinstance(a, Transcribe)]
+    assert on_frame(proto, json.dumps({"type": "Finalize"}), 0.0) == []  # nothing sent ahead of it
+    result = fake_result(final.request, text="Hello.")
+    wire = [
+        m
+        for s2, a2 in proto.on_result(proto.sessions[0], final.request_id, result, None, 0.0, None)
+        for m in proto.render(s2, a2)
+    ]
+    (results,) = wire
+    assert results["channel"]["alternatives"][0]["transcript"] == "hello"  # punctuate is off by default
+    assert results["from_finalize"] and results["speech_final"] and results["is_final"]
 
 
 def test_deepgram_finalize_without_speech_answers_at_once_and_keepalive_is_silent():

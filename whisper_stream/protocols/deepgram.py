@@ -370,7 +370,7 @@ class DeepgramProtocol:
         outs: list[Out] = []
         for i, session in enumerate(self.sessions):
             actions, final_coming = session.finalize_turn()
-            if not final_coming:  # nothing open: answer now
+            if not final_coming and not session.answer_flush_with_outstanding():  # nothing pending: now
                 outs.append(
                     (None, Send(self._results(i, "", [], session.received_s, 0.0, True, False, True)))
                 )
@@ -498,7 +498,7 @@ class DeepgramProtocol:
                     info.end_s - info.start_s,
                     True,
                     self.options.endpointing and info.cause == "endpoint",
-                    info.cause == "finalize",
+                    info.answers_flush,
                 )
             ]
         return []
@@ -533,7 +533,7 @@ class DeepgramProtocol:
             info.end_s - info.start_s,
             final,
             final and self.options.endpointing and info.cause == "endpoint",
-            final and info.cause == "finalize",
+            final and info.answers_flush,
         )
         results["channel"]["alternatives"][0]["confidence"] = msg["confidence"]
         if msg.get("language_code"):

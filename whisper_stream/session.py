@@ -577,7 +577,6 @@ class Session:
                 self._seg_start = max(self._floor, self._buf_start, frame_start - self._pad)
                 self._since_partial = self._buf_end - self._seg_start
                 self._frame_probs = [p]
-                self._speech_end = None
                 if self._events:
                     return [Event("speech_started", frame_start / SAMPLE_RATE)]
             else:

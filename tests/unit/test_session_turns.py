@@ -69,6 +69,16 @@ def test_utterance_end_after_its_finals_and_enough_silence():
     assert not events(feed(s, silence(2.0)), "utterance_end")  # once per utterance
 
 
+def test_a_click_after_the_utterance_does_not_cancel_its_utterance_end():
+    s = with_events(utterance_end_ms=1000)
+    final = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")[0]
+    answer(s, final, text="hi")
+    acts = feed(s, np.concatenate([tone(0.1), silence(1.5)]))  # 100 ms: a click, no utterance
+    assert not requests(acts, "final")
+    (end,) = events(acts, "utterance_end")
+    assert abs(end.time_s - 1.0) < 0.04
+
+
 def test_update_config_applies_from_the_next_utterance():
     s = with_events()
     acts = feed(s, tone(1.0))  # an utterance is open

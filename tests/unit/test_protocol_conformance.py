@@ -337,6 +337,25 @@ def test_openai_refused_with_error_event(session, param):
     assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["event_id"] == "e1"
 
 
+def test_openai_a_click_under_server_vad_is_still_committed_and_completed_empty():
+    """As OpenAI's server VAD does: every speech_stopped is followed by its item's commit."""
+    import base64
+
+    proto = openai_realtime.OpenAIRealtimeProtocol(runtime())
+    click = np.concatenate([silence(0.3), tone(0.08), silence(1.5)])  # too short to transcribe
+    audio = base64.b64encode(pcm(click)).decode()
+    outs = on_frame(proto, json.dumps({"type": "input_audio_buffer.append", "audio": audio}), 0.0)
+    assert not [a for _, a in outs if isinstance(a, Transcribe)]
+    events = [a.message for s, a in outs if s is None and isinstance(a, Send)]
+    assert [e["type"] for e in events] == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.input_audio_transcription.completed",
+    ]
+    assert len({e["item_id"] for e in events}) == 1 and events[-1]["transcript"] == ""
+
+
 def test_openai_events_and_format_fixed_after_audio():
     import base64
 

@@ -344,6 +344,7 @@ class OpenAIRealtimeProtocol:
     def _wrap(self, actions: list[Any]) -> list[Out]:
         outs: list[Out] = []
         vad = self._fields["turn_detection"] is not None
+        stopped = None  # an item whose speech_stopped went out: it is committed, even if it held no words
         for action in actions:
             if isinstance(action, Event) and action.kind in ("speech_started", "speech_stopped"):
                 if action.kind == "speech_started":
@@ -353,6 +354,7 @@ class OpenAIRealtimeProtocol:
                     key = "audio_start_ms" if action.kind == "speech_started" else "audio_end_ms"
                     event = {"type": f"input_audio_buffer.{action.kind}", key: int(action.time_s * 1000)}
                     outs.append(self._own({**event, "item_id": self._open_item}))
+                    stopped = self._open_item if action.kind == "speech_stopped" else None
                 continue
             if isinstance(action, Transcribe):
                 if action.kind == "partial":
@@ -363,10 +365,14 @@ class OpenAIRealtimeProtocol:
                     self._items[action.segment] = item
                     outs.append((self.session, action))
                     outs.append(self._committed(item))
+                    stopped = None
                     continue
             if isinstance(action, Close):
                 self._finished = True
             outs.append((self.session, action))
+        if stopped is not None and stopped == self._open_item:  # a click: too short to transcribe
+            item = self._item_for_commit()
+            outs += [self._committed(item), self._own(self._completed(item, "", 0.0))]
         return outs
 
     # -- out ---------------------------------------------------------------------------------------------

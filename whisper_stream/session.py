@@ -81,6 +81,7 @@ class Transcribe:
     start_s: float
     end_s: float
     urgent: bool = False  # a final a client's flush asked for: ahead of every other queued job
+    continues: bool = False  # a final cut at the maximum duration: the utterance goes on in the next one
 
 
 @dataclass(frozen=True)
@@ -788,6 +789,7 @@ class Session:
             pending.start_s,
             pending.end_s,
             urgent,
+            continues,
         )
 
     # -- results -----------------------------------------------------------------------------------------

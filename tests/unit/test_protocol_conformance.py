@@ -356,6 +356,35 @@ def test_openai_a_click_under_server_vad_is_still_committed_and_completed_empty(
     assert len({e["item_id"] for e in events}) == 1 and events[-1]["transcript"] == ""
 
 
+def test_openai_a_client_committed_turn_over_30_s_is_one_item():
+    """turn_detection null: the client commits every turn. Whisper's 30 s window cuts a longer turn into
+    finals, but the client sees one committed item, after its commit, completed with all the text."""
+    import base64
+
+    proto, _ = oa_update({"type": "transcription", "audio": {"input": {"turn_detection": None}}})
+    texts = iter(["First part.", "second part."])
+    wire, outs = [], []
+    data = pcm(tone(66.0))  # 44 s at the session's 24 kHz
+    for i in range(0, len(data), 48000):
+        audio = base64.b64encode(data[i : i + 48000]).decode()
+        outs += on_frame(proto, json.dumps({"type": "input_audio_buffer.append", "audio": audio}), 0.0)
+    outs += on_frame(proto, json.dumps({"type": "input_audio_buffer.commit"}), 0.0)
+    for session, action in outs:
+        if isinstance(action, Transcribe) and action.kind == "final":
+            result = fake_result(action.request, text=next(texts))
+            for s2, a2 in proto.on_result(session, action.request_id, result, None, 0.0, None):
+                wire += proto.render(s2, a2)
+        elif session is None and isinstance(action, Send):
+            wire.append(action.message)
+    assert next(texts, None) is None  # two finals: one cut at 30 s, one at the commit
+    committed = [m for m in wire if m["type"] == "input_audio_buffer.committed"]
+    completed = [m for m in wire if m["type"].endswith("transcription.completed")]
+    deltas = "".join(m["delta"] for m in wire if m["type"].endswith("transcription.delta"))
+    assert len(committed) == 1 and len(completed) == 1
+    assert completed[0]["item_id"] == committed[0]["item_id"]
+    assert completed[0]["transcript"] == "First part. second part." == deltas
+
+
 def test_openai_events_and_format_fixed_after_audio():
     import base64
 

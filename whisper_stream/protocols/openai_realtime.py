@@ -81,6 +81,9 @@ class OpenAIRealtimeProtocol:
         self._items: dict[int, str] = {}  # session segment -> item id
         self._last_item: str | None = None
         self._sent: dict[str, list[str]] = {}  # item -> words already sent as deltas
+        # client-committed turns longer than Whisper's 30 s window: finals of the pieces before the commit
+        self._pieces: set[int] = set()  # segments that are such a piece
+        self._carried: dict[str, tuple[str, float]] = {}  # item -> (its pieces' text, its start)
         self._finished = False
 
     @property
@@ -360,6 +363,12 @@ class OpenAIRealtimeProtocol:
                 if action.kind == "partial":
                     self._open_item = self._open_item or self._new_item()
                     self._items[action.segment] = self._open_item
+                elif action.continues and not vad:  # a cut in a client-committed turn: the item stays open
+                    self._open_item = self._open_item or self._new_item()
+                    self._items[action.segment] = self._open_item
+                    self._pieces.add(action.segment)
+                    outs.append((self.session, action))
+                    continue
                 else:
                     item = self._item_for_commit()
                     self._items[action.segment] = item
@@ -420,10 +429,18 @@ class OpenAIRealtimeProtocol:
             return [self._delta(item, (" " if sent else "") + delta)]
         self._items.pop(info.segment, None)
         out = []
+        before, start = self._carried.get(item, ("", info.start_s))
         if words[: len(sent)] == sent and len(words) > len(sent):
-            out.append(self._delta(item, (" " if sent else "") + " ".join(words[len(sent) :])))
+            space = " " if sent or before else ""
+            out.append(self._delta(item, space + " ".join(words[len(sent) :])))
         self._sent.pop(item, None)
-        out.append(self._completed(item, msg["transcript"], info.end_s - info.start_s))
+        transcript = f"{before} {msg['transcript']}".strip()
+        if info.segment in self._pieces:  # more of this turn follows: completed comes with its commit
+            self._pieces.discard(info.segment)
+            self._carried[item] = (transcript, start)
+            return out
+        self._carried.pop(item, None)
+        out.append(self._completed(item, transcript, info.end_s - start))
         return out
 
     def _ev(self, kind: str, **fields: Any) -> dict[str, Any]:

@@ -242,6 +242,26 @@ def restricted_language(
     return allowed[best], float(probs[best])
 
 
+def forced_prefix_length(prompt: Sequence[int], special: SpecialTokens) -> int:
+    """Text tokens after the sot sequence (a `prefix`): CTranslate2 forces them one step each and returns
+    them as the start of its output; TensorRT-LLM's executor takes them as prompt and returns what follows."""
+    i = list(prompt).index(special.sot)
+    while i < len(prompt) and special.sot <= prompt[i] <= special.no_timestamps:
+        i += 1
+    return len(prompt) - i
+
+
+def ctranslate2_max_length(prompt_length: int, forced: int, new_tokens: int) -> int:
+    """CTranslate2's `max_length` for `new_tokens` after a prompt with `forced` prefix tokens.
+
+    CTranslate2's Whisper decodes at most min(max_length / 2, max_length - tokens before the sot sequence's
+    last token) tokens, the prefix among them, so prompt + cap alone would halve a short cap (10 new tokens
+    came back as 7). Whisper's context of 448 tokens bounds it: at most 224 tokens a window."""
+    want = forced + new_tokens
+    start_step = prompt_length - forced - 1
+    return min(N_TEXT_CTX, max(2 * want, start_step + want))
+
+
 def split_segments(
     tokens: Sequence[int], special: SpecialTokens, duration: float
 ) -> list[tuple[float, float, list[int]]]:

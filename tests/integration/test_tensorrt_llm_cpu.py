@@ -109,3 +109,26 @@ def test_prompt_prefix_timestamps_and_beams(engine, audio) -> None:
     assert all(s.words == () for s in segs) and "wizard" in res[2].text.lower()
     with pytest.raises(ValueError, match="show_word_timestamps"):
         engine.check_options(DecodeOptions(word_timestamps=True))
+
+
+def test_a_prefix_is_prompt_to_the_runner_and_text_in_the_transcript(engine, audio) -> None:
+    """As the executor: output_ids echo the prompt (prefix included) once, then exactly max_new_tokens new
+    ids; the engine puts the prefix back in front of them, as the CPU engine's transcript has it."""
+    import torch
+
+    from whisper_stream.mel import batch_window_features_torch
+
+    clip = audio["ls_61-70968-0000"]
+    (res,) = engine.transcribe_sync(
+        [TranscribeRequest(clip, DecodeOptions(prefix="He began", max_new_tokens=4))]
+    )
+    prompt = engine._runner.calls[-1]["prompts"][0]
+    prefix = engine.tokenizer.encode(" He began")
+    assert prompt[-len(prefix) :] == prefix
+    mel = batch_window_features_torch([clip], engine.n_mels, 3000, "cpu")
+    feats = [m.T.to(torch.float16).contiguous() for m in mel]
+    out = engine._generate([prompt], feats, 4, num_beams=1, output_log_probs=True, output_cum_log_probs=True)
+    ids = out["output_ids"][0, 0, : int(out["sequence_lengths"][0, 0])].tolist()
+    assert ids[: len(prompt)] == prompt and len(ids) == len(prompt) + 4
+    assert ids[len(prompt) : len(prompt) + len(prefix)] != prefix  # not echoed a second time
+    assert res.text.strip() == "He began " + engine.tokenizer.decode(ids[len(prompt) :]).strip()

@@ -35,7 +35,7 @@ from whisper_stream.fallback import compression_ratio, needs_fallback, preferabl
 from whisper_stream.language import choose_language
 from whisper_stream.mel import content_frames
 from whisper_stream.model_source import resolve_model
-from whisper_stream.whisper_tokens import check_prefix_tokens
+from whisper_stream.whisper_tokens import MAX_PREV_TOKENS, check_prefix_tokens, ctranslate2_max_length
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ N_FRAMES = 3000
 # of 10 s: 5 s contexts were cheaper still but misread one-second utterances ("ask not" -> "is not").
 CONTEXT_MARGIN_S = 1.0
 CONTEXT_BUCKET_FRAMES = 1000  # 10 s: only requests of the same bucket share an encoder call
-MAX_TEXT_TOKENS = 448
 
 
 # Engine calls that run at once, each on its own CTranslate2 replica (the weights are shared; each replica
@@ -257,7 +256,7 @@ class CTranslate2Engine:
         prompt: list[int] = []
         if o.prompt.strip():
             ids = tok.encode(" " + o.prompt.strip())
-            prompt = [tok.sot_prev, *ids[-(MAX_TEXT_TOKENS // 2 - 1) :]]
+            prompt = [tok.sot_prev, *ids[-MAX_PREV_TOKENS:]]
         prompt.append(tok.sot)
         if self.multilingual:
             prompt += [
@@ -325,13 +324,8 @@ class CTranslate2Engine:
         return best  # type: ignore[return-value]
 
     def _max_length(self, prompt: list[int], max_new_tokens: int) -> int:
-        """CTranslate2's `max_length` for `max_new_tokens` after the prompt's prefix (forced text tokens).
-
-        CTranslate2's Whisper decodes at most min(max_length / 2, max_length - tokens before
-        <|notimestamps|>) tokens, the prefix among them, so prompt + cap alone would halve a short cap (10 new
-        tokens came back as 7). Whisper's context of 448 tokens bounds it: at most 224 tokens a window."""
-        want = self._forced(prompt) + max_new_tokens
-        return min(MAX_TEXT_TOKENS, max(2 * want, prompt.index(self._tok.no_timestamps) + want))
+        """CTranslate2's `max_length` for `max_new_tokens` after the prompt's prefix (forced text tokens)."""
+        return ctranslate2_max_length(len(prompt), self._forced(prompt), max_new_tokens)
 
     def _forced(self, prompt: list[int]) -> int:
         """Prefix tokens after <|notimestamps|>: CTranslate2 returns them as the start of the text."""

@@ -66,6 +66,7 @@ from whisper_stream.whisper_tokens import (
     SpecialTokens,
     WhisperTokenizer,
     check_prefix_tokens,
+    forced_prefix_length,
     split_segments,
 )
 
@@ -323,9 +324,8 @@ class TensorRTLLMEngine:
             for k, i in enumerate(pending):
                 generated = _strip_prompt(ids[k][: lens[k]], prompts[i])
                 n = next((j for j, t in enumerate(generated) if t == self.special.eot), len(generated))
-                segs = self._segments(
-                    generated[:n], requests[i], average_logprob(lps[k], n), first[i][2], temperature
-                )
+                text = _with_prefix(generated[:n], prompts[i], self.special)
+                segs = self._segments(text, requests[i], average_logprob(lps[k], n), first[i][2], temperature)
                 prev = best[i]
                 joined = _joined(segs, temperature)
                 if prev is None or preferable(joined, _joined(prev, temperature)):
@@ -390,6 +390,15 @@ def _shutdown(runner: Any) -> None:
 def _strip_prompt(tokens: list[int], prompt: list[int]) -> list[int]:
     """The executor returns prompt + generated ids unless told otherwise: keep only what was generated."""
     return tokens[len(prompt) :] if tokens[: len(prompt)] == prompt else tokens
+
+
+def _with_prefix(generated: list[int], prompt: list[int], special: SpecialTokens) -> list[int]:
+    """The transcript starts with the client's `prefix`: the executor took it as prompt and returns only
+    what follows it (after a leading timestamp, with timestamps on), as CTranslate2 returns it first."""
+    prefix = prompt[len(prompt) - forced_prefix_length(prompt, special) :]
+    if generated and special.is_timestamp(generated[0]):
+        return generated[:1] + prefix + generated[1:]
+    return prefix + generated
 
 
 def _joined(segs: list[Segment], temperature: float) -> Segment:

@@ -244,6 +244,8 @@ class CTranslate2Backend:
         no_repeat_ngram_size: int,
         want_logits: bool,
     ) -> list[list[Beam]]:
+        from whisper_stream.whisper_tokens import ctranslate2_max_length, forced_prefix_length
+
         encoded = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(features)))
         out: list[list[Beam] | None] = [None] * len(prompts)
         first_step = [i for i, p in enumerate(prompts) if p[-1] == special.sot]
@@ -286,10 +288,15 @@ class CTranslate2Backend:
                 if sampled
                 else {"beam_size": beam_width, "num_hypotheses": beam_width}
             )
+            # the executor takes a prefix as prompt and returns only what follows it; CTranslate2 forces it
+            # and returns it first: it is cut off below, and does not count against max_new_tokens
+            forced = {i: forced_prefix_length(prompts[i], special) for i in rest}
             results = self.model.generate(
                 sub,
                 [prompts[i] for i in rest],
-                max_length=min(448, max(len(prompts[i]) for i in rest) + max_new_tokens),
+                max_length=max(
+                    ctranslate2_max_length(len(prompts[i]), forced[i], max_new_tokens) for i in rest
+                ),
                 return_scores=True,
                 return_logits_vocab=beam_width == 1,
                 suppress_blank=False,
@@ -301,12 +308,13 @@ class CTranslate2Backend:
             )
             for i, res in zip(rest, results, strict=True):
                 beams = []
+                f = forced[i]
                 for h, seq in enumerate(res.sequences_ids):
-                    tokens = list(seq)[:max_new_tokens]
+                    tokens = list(seq)[f : f + max_new_tokens]
                     if beam_width == 1:
-                        steps = [np.asarray(s, dtype=np.float32) for s in res.logits[h]]
+                        steps = [np.asarray(s, dtype=np.float32) for s in res.logits[h]][f:]
                         lps = [float(_log_softmax(steps[j])[t]) for j, t in enumerate(tokens)]
-                        ended = len(tokens) == len(seq) and len(steps) > len(tokens)  # end token scored
+                        ended = len(tokens) == len(seq) - f and len(steps) > len(tokens)  # end token scored
                         cum = sum(lps) + (
                             float(_log_softmax(steps[len(tokens)])[special.eot]) if ended else 0.0
                         )

@@ -4,6 +4,7 @@ context, in the engine and through the server, and one failing request fails alo
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -65,6 +66,17 @@ def test_max_new_tokens_is_the_exact_cap_with_and_without_a_prefix(engine, speec
     prefixed = DecodeOptions(prefix=prefix, max_new_tokens=5, temperatures=(0.0,))
     results = engine.transcribe_sync([TranscribeRequest(long, o) for o in [*caps, prefixed]])
     assert [r.text for r in results] == [tok.decode(ids[:10]), tok.decode(ids[:30]), tok.decode(ids[:9])]
+
+
+def test_a_neighbours_prefix_changes_neither_text_nor_score(engine, speech):
+    """Same options but a long prefix beside it: decoded in its own call, so the shorter request's beam search
+    and log-prob never see the neighbour's length limit."""
+    clip = load_audio(speech["lj_LJ002-0020"].path)
+    mine = DecodeOptions(max_new_tokens=4, beam_width=5, temperatures=(0.0,), language=None)
+    theirs = replace(mine, prefix="and so it was that many many people came here to see it all")
+    (alone,) = engine.transcribe_sync([TranscribeRequest(clip, mine)])
+    beside, _ = engine.transcribe_sync([TranscribeRequest(clip, mine), TranscribeRequest(clip, theirs)])
+    assert (beside.text, beside.segments[0].avg_logprob) == (alone.text, alone.segments[0].avg_logprob)
 
 
 async def test_finals_are_identical_alone_and_beside_other_streams(server, speech):

@@ -180,11 +180,13 @@ class CTranslate2Engine:
         decoded: dict[int, tuple[Segment, list[int]]] = {}
         prompts = {i: self._prompt(requests[i].options, languages[i][0]) for i in todo}
         # CTranslate2 needs <|startoftranscript|> at one position across a generate call: requests with
-        # previous text of different token lengths are decoded in separate calls over the same encoding.
-        by_sot: dict[int, list[int]] = defaultdict(list)
+        # previous text of different token lengths are decoded in separate calls over the same encoding. So
+        # are prefixes of different lengths: one call's length limit would let the shorter decode past its
+        # own cap (cut afterwards, but its beam search and scores would depend on the neighbour).
+        calls: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i in todo:
-            by_sot[prompts[i].index(self._tok.sot)].append(i)
-        for part in by_sot.values():
+            calls[(prompts[i].index(self._tok.sot), self._forced(prompts[i]))].append(i)
+        for part in calls.values():
             view = encoded if len(part) == len(requests) else self._subset(encoded, part)
             options = requests[part[0]].options  # equal generation options across the group
             for i, res in zip(

@@ -66,13 +66,22 @@ def repeats_long_run(text: str, run: int = REPEATED_RUN_WORDS) -> bool:
     return False
 
 
-def echoes_prompt(text: str, prompt: str) -> bool:
+# An echo of the prompt this long (or the whole prompt) is dropped even when decoded confidently; a shorter
+# run of the prompt's words ("Yes.", "And so") only from a decode that is not confident speech: a client's
+# prompt may well contain what its speaker then says.
+ECHO_MIN_WORDS = 4
+
+
+def echoes_prompt(seg: Segment, prompt: str) -> bool:
     """The model repeating its prompt instead of transcribing (typical on near-silence)."""
-    said, prompted = _words(text), _words(prompt)
+    said, prompted = _words(seg.text), _words(prompt)
     if not said or not prompted:
         return False
     n = len(said)
-    return any(prompted[i : i + n] == said for i in range(len(prompted) - n + 1))
+    if not any(prompted[i : i + n] == said for i in range(len(prompted) - n + 1)):
+        return False
+    unsure = seg.no_speech_prob > NOISE_NO_SPEECH or seg.avg_logprob < LOG_PROB_THRESHOLD
+    return unsure or n >= ECHO_MIN_WORDS or n == len(prompted)  # a long run, or the whole prompt back
 
 
 def collapse_repetitions(text: str, min_repeats: int = 3, max_ngram: int = 10) -> str:
@@ -102,7 +111,7 @@ def filter_segments(segments: Sequence[Segment], prompt: str) -> list[tuple[Segm
     empty, invented or an echo of the prompt; a repetition loop that survived the fallback is collapsed."""
     kept = []
     for seg in segments:
-        if not seg.text.strip() or is_invented(seg) or echoes_prompt(seg.text, prompt):
+        if not seg.text.strip() or is_invented(seg) or echoes_prompt(seg, prompt):
             continue
         flagged = possible_hallucination(seg)
         if seg.compression_ratio > COMPRESSION_RATIO_THRESHOLD:

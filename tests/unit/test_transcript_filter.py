@@ -24,6 +24,14 @@ def test_keeps_speech_and_drops_empty_invented_and_prompt_echoes():
     assert [(s.text, flagged) for s, flagged in kept] == [(" Hello there.", False)]
 
 
+def test_a_short_confident_answer_that_the_prompt_contains_is_speech():
+    prompt = "We met in Boston last year. And so we decided to stay."
+    kept = filter_segments(
+        [seg(" And so"), seg(" And so", no_speech_prob=0.5), seg(" we decided to stay")], prompt
+    )
+    assert [s.text for s, _ in kept] == [" And so"]  # not: the unsure one, the 4-word run
+
+
 def test_a_loop_that_survived_the_fallback_is_collapsed_and_flagged():
     loop = " the end" * 20
     [(kept, flagged)] = filter_segments([seg(loop, compression_ratio=6.0)], prompt="")

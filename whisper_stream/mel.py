@@ -148,7 +148,9 @@ def window_features(
         return even_frames(log_mel_spectrogram(audio, n_mels, filters_path=filters_path))
     samples = n_frames * HOP_LENGTH
     audio = audio[:samples]
-    mel = log_mel_spectrogram(audio, n_mels, padding=samples - len(audio), filters_path=filters_path)
+    # zeros past the window too: its last frame's STFT reaches N_FFT // 2 beyond it, into whisper's padding
+    pad = samples - len(audio) + N_FFT // 2
+    mel = log_mel_spectrogram(audio, n_mels, padding=pad, filters_path=filters_path)
     mel[:, content_frames(len(audio)) :] = 0.0
     return even_frames(pad_or_trim(mel, n_frames))
 
@@ -172,7 +174,8 @@ def batch_window_features_torch(
     if n_frames % 2:
         raise ValueError(f"n_frames must be even (the encoder's stride-2 conv), not {n_frames}")
     samples = n_frames * HOP_LENGTH
-    batch = np.zeros((len(audios), samples), dtype=np.float32)
+    # zeros past the window too: its last frame's STFT reaches N_FFT // 2 beyond it, into whisper's padding
+    batch = np.zeros((len(audios), samples + N_FFT // 2), dtype=np.float32)
     for i, a in enumerate(audios):
         a = np.asarray(a, dtype=np.float32)[:samples]
         batch[i, : len(a)] = a
@@ -181,7 +184,7 @@ def batch_window_features_torch(
     stft = torch.stft(
         x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True
     )
-    power = stft[..., :-1].abs() ** 2  # (batch, 201, n_frames)
+    power = stft[..., :n_frames].abs() ** 2  # (batch, 201, n_frames)
     filters = torch.from_numpy(mel_filters(n_mels, filters_path)).to(device)
     mel = filters @ power
     log_spec = torch.clamp(mel, min=1e-10).log10()

@@ -47,6 +47,9 @@ Callback = Callable[[TranscribeResult | None, str | None, dict[str, float] | Non
 
 FAIR_SHARE_HALF_LIFE_S = 20.0  # how long a stream's engine time counts against it when ordering the queue
 DELAY_SMOOTHING = 0.2  # weight of the newest final's queue wait in the smoothed delay (admission control)
+# The smoothed wait halves every this many seconds without a new final: after a burst an idle engine is not
+# reported as behind forever (no stream admitted, no final run, nothing to lower it).
+DELAY_HALF_LIFE_S = 5.0
 
 
 @dataclass
@@ -91,7 +94,8 @@ class Scheduler:
         self._calls: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.healthy = True
-        self.final_delay_s = 0.0  # smoothed queue wait of recent finals (admission control reads it)
+        self.final_delay_s = 0.0  # smoothed queue wait of recent finals, as of `_delay_at` (see delay_s)
+        self._delay_at = time.monotonic()
 
     def start(self) -> None:
         if self._task is None:
@@ -123,9 +127,10 @@ class Scheduler:
 
     def delay_s(self) -> float:
         """How far behind the engine is: the oldest queued final's wait, or the recent smoothed wait."""
+        now = time.monotonic()
         oldest = min((j.queued_at for j in self._finals), default=None)
-        waiting = time.monotonic() - oldest if oldest is not None else 0.0
-        return max(waiting, self.final_delay_s)
+        waiting = now - oldest if oldest is not None else 0.0
+        return max(waiting, self.final_delay_s * math.exp2(-(now - self._delay_at) / DELAY_HALF_LIFE_S))
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -194,9 +199,10 @@ class Scheduler:
         started = time.monotonic()
         for job in batch:
             metrics.QUEUE_SECONDS.labels(job.kind).observe(started - job.queued_at)
-            if job.kind == "final":
-                wait = started - job.queued_at
-                self.final_delay_s += DELAY_SMOOTHING * (wait - self.final_delay_s)
+            if job.kind == "final" or job.urgent:  # a confirmed speculative final is urgent
+                recent = self.final_delay_s * math.exp2(-(started - self._delay_at) / DELAY_HALF_LIFE_S)
+                self.final_delay_s = recent + DELAY_SMOOTHING * (started - job.queued_at - recent)
+                self._delay_at = started
         try:
             await self._run_isolated(batch, started)
         finally:

@@ -87,6 +87,25 @@ async def test_cancel_forgets_a_stream():
     assert got == ["b"]
 
 
+async def test_the_admission_delay_of_a_burst_fades_once_the_engine_is_idle():
+    """After a burst no stream is admitted and no final runs: the measured wait must fade on its own, or the
+    server refuses every new stream forever (while /health says it is fine)."""
+    engine = RecordingEngine()
+    engine.gate.set()
+    scheduler = Scheduler(engine)
+    scheduler.start()
+    got = []
+    for n, (kind, urgent) in enumerate((("final", False), ("speculative", True)), 1):  # confirmed: counts
+        job = Job("a", kind, request(1.0), lambda *a: got.append(1), urgent=urgent)
+        job.queued_at -= 8.0  # it waited 8 s for the engine
+        scheduler.submit(job)
+        await until(lambda n=n: len(got) == n)
+    await scheduler.stop()
+    assert scheduler.delay_s() > 2.0  # a real burst: above what admission accepts for a while
+    scheduler._delay_at -= 30.0  # 30 s later, nothing ran
+    assert scheduler.delay_s() < 0.2
+
+
 async def test_a_stream_that_ends_during_its_engine_call_is_forgotten():
     """Its fairness record is not re-created by the late answer (it would keep the whole session alive)."""
     engine = RecordingEngine()

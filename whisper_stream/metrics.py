@@ -37,8 +37,9 @@ PARTIALS_SHED = Counter("whisper_stream_partials_shed_total", "Partials dropped 
 _LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 LOOP_LAG = Histogram("whisper_stream_event_loop_lag_seconds", "How late the event loop runs a 10 ms timer",
                      buckets=_LAG_BUCKETS, registry=REGISTRY)  # fmt: skip
-FINAL_SECONDS = Histogram("whisper_stream_final_seconds", "Final requested -> final sent", buckets=_LATENCY,
-                          registry=REGISTRY)  # fmt: skip
+FINAL_SECONDS = Histogram("whisper_stream_final_seconds",
+                          "Final's decode requested (endpoint, flush, or speculative) -> final sent",
+                          buckets=_LATENCY, registry=REGISTRY)  # fmt: skip
 
 
 LOOP_PROBE_S = 0.01

@@ -152,6 +152,7 @@ async def start_server(
         compression=None,  # permessage-deflate would let 1 KB on the wire carry 1 MiB of audio to decode
         ping_interval=20,
         ping_timeout=60,
+        close_timeout=limits.close_timeout_s,
     )
 
 
@@ -181,7 +182,10 @@ async def run(settings: ServerSettings) -> None:
     )
     await runtime.drain()  # new streams get 1013 and /health 503 meanwhile; each stream's last final
     server.close(close_connections=False)
-    await server.wait_closed()
+    try:  # every stream and opening connection is closed by now; a handler still busy does not hold us
+        await asyncio.wait_for(server.wait_closed(), runtime.limits.close_timeout_s + 1.0)
+    except TimeoutError:
+        log.warning("connections still open after the drain: closing anyway")
     if runtime.loop_watch is not None:
         runtime.loop_watch.cancel()
     await runtime.scheduler.stop()

@@ -11,7 +11,8 @@ unprocessed audio exceeds `max_lag_s`, and closes a client that does not read wh
 
 Every limit is in `Limits`, with its cost. Memory per stream (defaults, 16 kHz):
   session audio buffer   (final_transcript_max_duration_s + 2 x speech_pad + 4 s) x 64 kB/s  ~ 2.2 MB
-  queued messages        <= max_frame_bytes (1 MiB) + the message being processed (1 MiB)
+  queued messages        <= max_frame_bytes (1 MiB, each message counted with 128 bytes of overhead)
+                         + the message being processed (1 MiB)
   socket buffers         websockets: max_size x (max_queue + 1) = 2 MiB in, write_limit 64 KiB out
   requests in flight     (max_finals_in_flight + 1 partial) x window audio (<= 30 s x 64 kB/s = 1.9 MB)
 i.e. about 2.5 MB for a real-time stream with 5 s utterances, and at most ~16 MB for a client that sends
@@ -51,6 +52,9 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason is at most 123 bytes of UTF-8
+# What a queued message costs beyond its payload (its Python objects): counted in the inbox's byte bound, so
+# a flood of empty or 1-byte frames is held to ~8k messages, not let through for free.
+MESSAGE_OVERHEAD_BYTES = 128
 
 
 class TransportClosed(Exception):
@@ -83,6 +87,7 @@ class Limits:
     max_finals_in_flight: int = 4  # audio is not read while this many finals are unanswered
     send_timeout_s: float = 30.0  # a client that does not read for this long is closed (1008)
     drain_timeout_s: float = 25.0  # on SIGTERM, time for the streams' last finals before 1001
+    close_timeout_s: float = 2.0  # a peer that does not answer our close frame is dropped after this
 
 
 class Runtime:
@@ -96,11 +101,13 @@ class Runtime:
         self.draining = False
         self.loop_watch: asyncio.Task[None] | None = None  # the server's event-loop lag probe
         self.streams: set[_StreamLoop] = set()
+        self.opening: set[Transport] = set()  # admitted, still waiting for their metadata
+        self.admitted = 0  # connections past admission: the streams plus those still opening
         self.per_client: collections.Counter[str] = collections.Counter()
 
     @property
     def active(self) -> int:
-        return len(self.streams)
+        return self.admitted
 
     def session(self, config: StreamConfig, **kwargs: Any) -> Session:
         """A new session on this runtime's VAD and limits (every protocol makes its sessions here)."""
@@ -136,13 +143,16 @@ class Runtime:
         """Graceful shutdown: refuse new streams, turn each stream's pending speech into its final, deliver
         it and close with 1001, within `drain_timeout_s`; what is left then is closed anyway."""
         self.draining = True
+        reason = "server is shutting down"
+        # no audio yet, nothing to deliver: closed now (their handlers then end)
+        await asyncio.gather(*(t.close(CLOSE_GOING_AWAY, reason) for t in list(self.opening)))
         for stream in list(self.streams):
             stream.shutdown()
         deadline = time.monotonic() + self.limits.drain_timeout_s
         while self.streams and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for stream in list(self.streams):
-            await stream.abort(CLOSE_GOING_AWAY, "server is shutting down")
+        # all at once: each close waits up to close_timeout_s for a peer that may be gone
+        await asyncio.gather(*(stream.abort(CLOSE_GOING_AWAY, reason) for stream in list(self.streams)))
 
 
 @dataclass(frozen=True)
@@ -268,15 +278,25 @@ async def serve_stream(
     metrics.STREAMS.inc()
     metrics.STREAMS_TOTAL.inc()
     runtime.per_client[client] += 1
+    runtime.admitted += 1  # counts against max_streams from now on, not only once its metadata came
     try:
         if protocol is None:
-            session = await _open(transport, runtime)
+            runtime.opening.add(transport)
+            try:
+                session = await _open(transport, runtime)
+            finally:
+                runtime.opening.discard(transport)
+            if session is not None and runtime.draining:  # its metadata came after SIGTERM
+                message = "the server is shutting down; reconnect to another replica"
+                await _fail(transport, "STREAM_ERROR", message, CLOSE_GOING_AWAY, session.stream_id)
+                return
             protocol = BasetenProtocol(session) if session is not None else None
         if protocol is not None:
             await _StreamLoop(transport, runtime, protocol).run()
     except TransportClosed:
         pass
     finally:
+        runtime.admitted -= 1
         runtime.per_client[client] -= 1
         if runtime.per_client[client] <= 0:
             del runtime.per_client[client]
@@ -373,7 +393,7 @@ class _StreamLoop:
                 await self._space.wait()
                 message = await self.transport.recv()
                 self._inbox.append(message)
-                self._inbox_bytes += len(message)
+                self._inbox_bytes += len(message) + MESSAGE_OVERHEAD_BYTES
                 if self._inbox_bytes >= self.limits.max_frame_bytes:
                     self._space.clear()  # TCP backpressure: nothing more is read until the loop catches up
                 self._wake.set()
@@ -438,7 +458,7 @@ class _StreamLoop:
                 self._finals_in_flight() < limits.max_finals_in_flight or not self._accepting_audio()
             ):
                 message = self._inbox.popleft()
-                self._inbox_bytes -= len(message)
+                self._inbox_bytes -= len(message) + MESSAGE_OVERHEAD_BYTES
                 if self._inbox_bytes < limits.max_frame_bytes:
                     self._space.set()
                 last_heard = time.monotonic()
@@ -451,9 +471,11 @@ class _StreamLoop:
                 return
             # nothing to do: wait, and time out the client only while it is the one we wait for
             self._wake.clear()
-            waiting_for_client = self._accepting_audio() and not self._inbox
+            # (not while a final is on its way: after `finalize` the client waits for us)
+            waiting_for_client = self._accepting_audio() and not self._inbox and not self._finals_in_flight()
             if not waiting_for_client:
                 await self._wake.wait()
+                last_heard = time.monotonic()  # the idle clock starts again when we wait for the client
                 continue
             now = time.monotonic()
             idle_left = limits.idle_timeout_s - (now - last_heard)
@@ -525,7 +547,7 @@ class _StreamLoop:
                     await self._send(wire)
             elif isinstance(action, Transcribe):
                 assert session is not None
-                if action.kind == "final" and len(self.protocol.sessions) == 1:
+                if action.kind != "partial" and len(self.protocol.sessions) == 1:  # the latest ask counts
                     self._final_asked[action.segment] = time.monotonic()
                 rid = action.request_id
                 job = Job(

@@ -1,0 +1,134 @@
+"""Admission and shutdown at the connection level, through a real in-process server (a slow stand-in engine,
+no model): every connection counts against --max-streams from its handshake, SIGTERM's drain reaches
+connections still opening and ends in bounded time, the inbox bound holds for empty frames, and the idle
+clock stops while the server owes the client a final."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import websockets
+
+from client.local_server import free_port
+from client.protocol import metadata
+from client.speech import load_audio, to_pcm16
+from whisper_stream.engines.interface import Segment, TranscribeResult
+from whisper_stream.engines.null import NullEngine
+from whisper_stream.server import build_runtime, start_server
+from whisper_stream.settings import ServerSettings
+from whisper_stream.stream import MESSAGE_OVERHEAD_BYTES, Runtime
+
+
+class SlowEngine(NullEngine):
+    """Answers "hello" after `delay_s`: finals stay in flight as long as a test needs."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.release = asyncio.Event()  # set at the end of a test: nothing waits for the rest of a delay
+
+    async def transcribe(self, requests):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.release.wait(), self.delay_s)
+        seg = Segment(0.0, 1.0, " hello", -0.1, no_speech_prob=0.01, compression_ratio=1.0)
+        return [TranscribeResult(segments=(seg,), language="en", language_prob=None) for _ in requests]
+
+
+@contextlib.asynccontextmanager
+async def served(delay_s: float, **settings) -> AsyncIterator[tuple[str, Runtime]]:
+    s = ServerSettings(host="127.0.0.1", port=free_port(), engine="null", **settings)
+    engine = SlowEngine(delay_s)
+    runtime = build_runtime(s, engine)
+    server = await start_server(s, runtime)
+    try:
+        yield f"ws://127.0.0.1:{s.port}/v1/websocket", runtime
+    finally:
+        engine.release.set()
+        server.close()
+        await server.wait_closed()
+        await runtime.scheduler.stop()
+
+
+def plain_finals() -> dict:
+    meta = metadata()
+    meta["streaming_params"]["speculative_finals"] = False
+    return meta
+
+
+async def test_connections_still_opening_count_against_max_streams():
+    async with served(0.1, max_streams=2) as (url, runtime):
+        opening = [await websockets.connect(url) for _ in range(2)]  # no metadata yet
+        third = await websockets.connect(url)
+        error = json.loads(await asyncio.wait_for(third.recv(), 5))
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(third.recv(), 5)
+        assert third.close_code == 1013 and "limit of 2 streams" in error["body"]["message"]
+        assert runtime.active == 2
+        for ws in opening:
+            await ws.close()
+
+
+async def test_drain_closes_opening_connections_and_ends_in_bounded_time(speech):
+    """Peers that never answer a close frame are dropped after close_timeout_s, all at once."""
+    pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path))
+    async with served(60.0, drain_timeout_s=1) as (url, runtime):
+        streams = []
+        for _ in range(3):
+            ws = await websockets.connect(url, max_size=None)
+            await ws.send(json.dumps(metadata()))
+            await ws.send(pcm)
+            streams.append(ws)
+        opening = await websockets.connect(url)
+        await asyncio.sleep(1.5)
+        for ws in streams:
+            ws.transport.pause_reading()  # gone without a word: no close frame comes back
+        started = time.monotonic()
+        await runtime.drain()
+        took = time.monotonic() - started
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(opening.recv(), 5)
+        assert opening.close_code == 1001
+        assert took < 1 + runtime.limits.close_timeout_s + 1.5, took  # was drain + 10 s per stream
+        for ws in streams:
+            ws.transport.abort()
+
+
+async def test_a_flood_of_empty_frames_is_held_by_the_inbox_bound(speech):
+    """Four finals unanswered: audio is not taken, and empty frames count too, so the reader stops."""
+    utterance = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + bytes(32000)
+    async with served(600.0) as (url, runtime):
+        ws = await websockets.connect(url, max_size=None)
+        await ws.send(json.dumps(plain_finals()))
+        for _ in range(5):
+            await ws.send(utterance)
+        await asyncio.sleep(2)
+        (stream,) = runtime.streams
+        for _ in range(20):
+            for _ in range(2000):  # raw masked empty binary frames: no client-side pacing
+                ws.transport.write(b"\x82\x80\x00\x00\x00\x00")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)
+        bound = runtime.limits.max_frame_bytes // MESSAGE_OVERHEAD_BYTES + 1
+        assert stream._finals_in_flight() == 4
+        assert len(stream._inbox) <= bound and not stream._space.is_set()
+        ws.transport.abort()
+
+
+async def test_the_idle_clock_stops_while_a_flushed_final_is_decoded(speech):
+    pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path))
+    async with served(3.0, idle_timeout_s=1) as (url, _):
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps(metadata()))
+            await ws.send(pcm[: len(pcm) // 2])  # mid-utterance
+            await ws.send(json.dumps({"type": "finalize"}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert reply["type"] == "transcription" and reply["is_final"], reply
+            error = json.loads(await asyncio.wait_for(ws.recv(), 10))  # idle counts again from the final
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1008 and "no audio or control message" in error["body"]["message"]

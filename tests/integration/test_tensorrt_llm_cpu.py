@@ -132,3 +132,17 @@ def test_a_prefix_is_prompt_to_the_runner_and_text_in_the_transcript(engine, aud
     assert ids[: len(prompt)] == prompt and len(ids) == len(prompt) + 4
     assert ids[len(prompt) : len(prompt) + len(prefix)] != prefix  # not echoed a second time
     assert res.text.strip() == "He began " + engine.tokenizer.decode(ids[len(prompt) :]).strip()
+
+
+def test_each_request_gets_its_own_length_cap_beside_a_longer_prompt(audio, tmp_path) -> None:
+    """The runner takes one max_new_tokens per call: a request whose prompt leaves it more of a small build's
+    decoder length than its neighbour's does is decoded in its own call, not cut to the neighbour's cap."""
+    from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
+    from whisper_stream.engines.trtllm_cpu_runner import make_engine_dir
+
+    small = TensorRTLLMEngine(make_engine_dir(tmp_path, max_seq_len=114, max_input_len=14), runner="faithful")
+    clip = audio["ls_61-70968-0000"]
+    prefixed = DecodeOptions(prefix="one two three four five six seven eight nine")
+    small.transcribe_sync([TranscribeRequest(clip), TranscribeRequest(clip, prefixed)])
+    caps = {len(c["prompts"][0]): c["max_new_tokens"] for c in small._runner.calls if len(c["prompts"]) == 1}
+    assert caps == {4: 110, 13: 101}  # each its own: 114 - its own prompt length

@@ -300,41 +300,46 @@ class TensorRTLLMEngine:
         pending = list(range(len(requests)))
         ladder = o.temperatures or (0.0,)
         for step, temperature in enumerate(ladder):
-            max_new = min(o.max_new_tokens, self.max_seq_len - max(len(prompts[i]) for i in pending))
             sampling: dict[str, Any] = (
                 {"num_beams": 1, "temperature": temperature, "top_k": 0, "top_p": 1.0}
                 if temperature > 0
                 else {"num_beams": min(o.beam_width, self.max_beam_width)}
             )
-            out = self._generate(
-                [prompts[i] for i in pending],
-                [feats[i] for i in pending],
-                max(1, max_new),
-                length_penalty=o.length_penalty,
-                repetition_penalty=o.repetition_penalty,
-                no_repeat_ngram_size=o.no_repeat_ngram_size or None,
-                output_log_probs=True,  # the executor fills (cum_)log_probs only when these are asked for
-                output_cum_log_probs=True,
-                **sampling,
-            )
-            ids = out["output_ids"][:, 0, :].cpu().tolist()
-            lens = out["sequence_lengths"][:, 0].cpu().tolist()
-            lps = out["log_probs"][:, 0, :].cpu().tolist()
+            # each request's own cap (a long prompt leaves less of the decoder's length): the runner takes one
+            # per call, so requests whose caps differ decode in separate calls, never cut to a neighbour's
+            caps = {i: max(1, min(o.max_new_tokens, self.max_seq_len - len(prompts[i]))) for i in pending}
             still = []
-            for k, i in enumerate(pending):
-                generated = _strip_prompt(ids[k][: lens[k]], prompts[i])
-                n = next((j for j, t in enumerate(generated) if t == self.special.eot), len(generated))
-                text = _with_prefix(generated[:n], prompts[i], self.special)
-                segs = self._segments(text, requests[i], average_logprob(lps[k], n), first[i][2], temperature)
-                prev = best[i]
-                joined = _joined(segs, temperature)
-                if prev is None or preferable(joined, _joined(prev, temperature)):
-                    best[i] = segs
-                if needs_fallback(joined) and step + 1 < len(ladder):
-                    still.append(i)
+            for cap in sorted(set(caps.values()), reverse=True):
+                part = [i for i in pending if caps[i] == cap]
+                out = self._generate(
+                    [prompts[i] for i in part],
+                    [feats[i] for i in part],
+                    cap,
+                    length_penalty=o.length_penalty,
+                    repetition_penalty=o.repetition_penalty,
+                    no_repeat_ngram_size=o.no_repeat_ngram_size or None,
+                    output_log_probs=True,  # the executor fills (cum_)log_probs only when these are asked for
+                    output_cum_log_probs=True,
+                    **sampling,
+                )
+                ids = out["output_ids"][:, 0, :].cpu().tolist()
+                lens = out["sequence_lengths"][:, 0].cpu().tolist()
+                lps = out["log_probs"][:, 0, :].cpu().tolist()
+                for k, i in enumerate(part):
+                    generated = _strip_prompt(ids[k][: lens[k]], prompts[i])
+                    n = next((j for j, t in enumerate(generated) if t == self.special.eot), len(generated))
+                    text = _with_prefix(generated[:n], prompts[i], self.special)
+                    logprob = average_logprob(lps[k], n)
+                    segs = self._segments(text, requests[i], logprob, first[i][2], temperature)
+                    prev = best[i]
+                    joined = _joined(segs, temperature)
+                    if prev is None or preferable(joined, _joined(prev, temperature)):
+                        best[i] = segs
+                    if needs_fallback(joined) and step + 1 < len(ladder):
+                        still.append(i)
             if not still:
                 break
-            pending = still
+            pending = sorted(still)
         return [tuple(s or ()) for s in best]
 
     def _segments(

@@ -22,7 +22,8 @@ ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
 .PHONY: help install client dev browser serve test lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
-	bench-load soak bench-frontend bench-memory bench-beam engine-docker truss-venv truss-push truss-context clean
+	bench-load soak bench-frontend bench-memory bench-beam engine-docker truss-venv truss-stage truss-push \
+	truss-context clean
 .DEFAULT_GOAL := help
 
 SERVE_FLAGS = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(ENGINE),--engine $(ENGINE)) \
@@ -71,11 +72,14 @@ $(TRUSS_VENV)/bin/truss:
 
 truss-venv: $(TRUSS_VENV)/bin/truss  ## truss in its own virtualenv
 
-truss-push: truss-venv  ## deploy truss/ to Baseten (needs `truss login`; TRUSS_CONFIG)
-	cd truss && ../$(TRUSS_VENV)/bin/truss push --config $(TRUSS_CONFIG) --promote --wait
+truss-stage:  ## build/truss: truss/ with its packages copied in and TRUSS_CONFIG as config.yaml
+	$(PYTHON) -m whisper_stream.truss_stage --config $(TRUSS_CONFIG) --out build/truss
 
-truss-context: truss-venv  ## render the Truss image build context offline (no Docker)
-	$(TRUSS_VENV)/bin/truss image build-context build/truss-context truss --non-interactive
+truss-push: truss-venv truss-stage  ## deploy it to Baseten (needs `truss login`; TRUSS_CONFIG=config.cpu.yaml: CPU)
+	cd build/truss && $(CURDIR)/$(TRUSS_VENV)/bin/truss push --promote --wait
+
+truss-context: truss-venv truss-stage  ## render its image build context offline (no Docker)
+	$(TRUSS_VENV)/bin/truss image build-context build/truss-context build/truss --non-interactive
 
 # GPU: run inside NVIDIA's container (build_engine/Dockerfile): download, convert, build, manifest, verify.
 engine:  ## GPU, inside NVIDIA's container: download, convert, build, verify large-v3 engines
@@ -92,7 +96,7 @@ engine-docker:  ## build the TensorRT-LLM image, then run `make engine` in it
 # 5 minutes on an H200; gpu-check-results/gpu_check.json + a table. GPU_CHECK_ARGS="--device cpu --quick": the
 # CPU smoke test.
 GPU_CHECK_ARGS ?=
-gpu-check:
+gpu-check:  ## GPU (PyTorch, no TensorRT): mel, timings, the engine via the faithful runner, the server
 	PYTHONPATH=$(CURDIR) python3 -m build_engine.gpu_check --out gpu-check-results $(GPU_CHECK_ARGS)
 
 # Benchmark: 1, 2, 4 concurrent real-time streams; table on stdout, bench-results/bench.json + PNGs.

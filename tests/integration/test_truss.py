@@ -117,17 +117,24 @@ def test_bundle_links_are_the_repository_packages():
         assert link.is_symlink() and link.resolve() == (ROOT / name).resolve(), link
 
 
-def test_image_build_context_bundles_the_package(tmp_path):
-    """`truss image build-context`: the whole packaging (Dockerfile, /packages) without Docker or network."""
+def build_context(truss_dir: Path, out: Path) -> Path:
     truss_bin = Path(truss_python()).parent / "truss"
-    out = tmp_path / "context"
     proc = subprocess.run(
-        [str(truss_bin), "image", "build-context", str(out), str(TRUSS_DIR), "--non-interactive"],
+        [str(truss_bin), "image", "build-context", str(out), str(truss_dir), "--non-interactive"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
+
+
+def test_image_build_context_bundles_the_package(tmp_path):
+    """`truss image build-context` of what `make truss-push` pushes (the staged Truss): the whole packaging
+    (Dockerfile, /packages) without Docker or network, the package files exactly as in the repository."""
+    from whisper_stream.truss_stage import stage
+
+    out = build_context(stage("config.yaml", tmp_path / "truss"), tmp_path / "context")
     dockerfile = (out / "Dockerfile").read_text()
     assert f"FROM {PINNED_IMAGE}" in dockerfile
     assert "COPY --chown=root:root ./packages /packages" in dockerfile
@@ -135,8 +142,23 @@ def test_image_build_context_bundles_the_package(tmp_path):
     packages = out / "packages"
     for path in ("whisper_stream/stream.py", "whisper_stream/truss_runtime.py", "triton_launcher/__init__.py",
                  "model_repository/whisper/config.pbtxt", "build_engine/__main__.py"):  # fmt: skip
-        assert (packages / path).is_file(), path
+        assert (packages / path).read_bytes() == (ROOT / path).read_bytes(), path
     assert (out / "model" / "model.py").is_file()
+
+
+def test_the_cpu_variant_is_pushed_with_its_own_config(tmp_path):
+    """truss rebuilds a Truss with external packages from its folder alone, dropping `--config`: the staged
+    copy carries the chosen config as its only config.yaml, and real files where truss/bundle has symlinks."""
+    from whisper_stream.truss_stage import stage
+
+    staged = stage("config.cpu.yaml", tmp_path / "truss")
+    assert sorted(p.name for p in staged.glob("config*.yaml")) == ["config.yaml"]
+    assert not [p for p in staged.rglob("*") if p.is_symlink()]
+    context = yaml.safe_load((build_context(staged, tmp_path / "context") / "config.yaml").read_text())
+    assert context["environment_variables"]["WHISPER_STREAM_ENGINE"] == "ctranslate2"
+    assert context["resources"]["accelerator"] is None
+    with pytest.raises(SystemExit, match="config.cpu.yaml"):
+        stage("config.tpu.yaml", tmp_path / "other")
 
 
 # -- the model class, CPU variant, on a real WebSocket ----------------------------------------------------

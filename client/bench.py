@@ -478,8 +478,7 @@ def offline_wer(stream: JoinedStream, args: argparse.Namespace) -> dict[str, Any
         from whisper_stream.model_source import resolve_model
     except ImportError as exc:
         return {"error": f"offline WER needs faster-whisper: {exc}"}
-    argv = shlex.split(args.server_args)
-    name = argv[argv.index("--model") + 1] if "--model" in argv[:-1] else None
+    name = server_model(args.server_args)
     model = WhisperModel(resolve_model(name), device="cpu", compute_type="int8")
     refs, hyps = [], []
     for u, a, b in zip(stream.utterances, stream.speech_starts, stream.speech_ends, strict=True):
@@ -494,6 +493,18 @@ def offline_wer(stream: JoinedStream, args: argparse.Namespace) -> dict[str, Any
         hyps.append(" ".join(s.text.strip() for s in segments))
     score = wer(refs, hyps, args.language) if refs else None
     return {"model": name or "default", "wer": score, "n": len(refs)}
+
+
+def server_model(server_args: str) -> str | None:
+    """The model the local server loads: `--model X` or `--model=X` in its arguments, else
+    $WHISPER_STREAM_MODEL (which LocalServer passes on), else None (the default)."""
+    name = None
+    for i, arg in enumerate(argv := shlex.split(server_args)):
+        if arg == "--model" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif arg.startswith("--model="):
+            name = arg.split("=", 1)[1]
+    return name or os.environ.get("WHISPER_STREAM_MODEL") or None
 
 
 def compare(runs: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:

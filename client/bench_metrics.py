@@ -9,9 +9,12 @@ Definitions (the README repeats them):
   trimmed recording's last sample: exact, and found without the server's VAD).
 - end-of-speech -> final latency: arrival of the first final whose last segment ends at or after the
   utterance's end minus `tolerance_s` (and which starts before that end, so a later utterance's final never
-  counts), minus the wall time at which the frame holding the utterance's last sample was sent.
-- time to first partial: arrival of the first partial of the utterance (same `transcription_num` as its final)
-  minus the wall time at which its first sample was sent.
+  counts), minus the wall time at which the speech ended: frames are sent as a live source sends them, once
+  their last sample is captured, so that is the send time of the frame holding it less the audio after it.
+- time to first partial: arrival of the first partial of the utterance (any of its pieces, when the server
+  split it into several finals) minus the wall time at which its first sample was captured, as above.
+- percentiles: nearest rank (the smallest value with at least q % of the values at or below it): at n = 4
+  a p95 is the slowest utterance.
 - partial cadence: the wall-clock intervals between consecutive partials of one utterance.
 - unstable partial words: words shown in partials that the final does not keep, found by aligning each
   normalised partial with the normalised final (difflib); every showing of a word counts once.
@@ -80,11 +83,12 @@ def transcriptions(received: Sequence[Received]) -> list[Transcription]:
     return out
 
 
-def sent_time_at(audio_sent: Sequence[tuple[float, float]], stream_s: float) -> float | None:
-    """Wall time at which the frame holding the sample at `stream_s` was sent (None if it never was)."""
+def speech_time_at(audio_sent: Sequence[tuple[float, float]], stream_s: float) -> float | None:
+    """Wall time at which stream time `stream_s` was captured (None if its frame was never sent): the send
+    time of the frame holding it, less the audio after it in that frame (frames leave when complete)."""
     audio = [a for _, a in audio_sent]
     i = bisect.bisect_left(audio, stream_s - 1e-9)
-    return audio_sent[i][0] if i < len(audio_sent) else None
+    return audio_sent[i][0] - (audio_sent[i][1] - stream_s) if i < len(audio_sent) else None
 
 
 def audio_sent_at(audio_sent: Sequence[tuple[float, float]], t: float) -> float:
@@ -104,6 +108,10 @@ def match_final(
         if f.segments[-1][1] >= end_s - tolerance_s and f.segments[0][0] < end_s:
             return f
     return None
+
+
+def _overlaps(f: Transcription, start: float, end: float) -> bool:
+    return bool(f.segments) and f.segments[0][0] < end and f.segments[-1][1] > start
 
 
 def assign_segments(
@@ -182,14 +190,19 @@ def utterance_metrics(
         final = match_final(finals, start, end, tolerance_s)
         if final is not None:
             u.final_num, u.final_arrival_s = final.num, final.t
-            speech_end_sent = sent_time_at(audio_sent, end)
-            if speech_end_sent is not None:
-                u.latency_s = final.t - speech_end_sent
+            speech_end = speech_time_at(audio_sent, end)
+            if speech_end is not None:
+                u.latency_s = final.t - speech_end
             partials = [p for p in frames if not p.is_final and p.num == final.num and p.t <= final.t]
             u.partials = len(partials)
-            onset_sent = sent_time_at(audio_sent, start)
-            if partials and onset_sent is not None:
-                u.first_partial_s = partials[0].t - onset_sent
+            # its first piece's partials too, when the server cut the utterance into several finals
+            first_num = min([f.num for f in finals if _overlaps(f, start, end)] + [final.num])
+            shown = [
+                p for p in frames if not p.is_final and first_num <= p.num <= final.num and p.t <= final.t
+            ]
+            onset = speech_time_at(audio_sent, start)
+            if shown and onset is not None:
+                u.first_partial_s = shown[0].t - onset
             u.partial_intervals_s = [b.t - a.t for a, b in zip(partials, partials[1:], strict=False)]
             texts = [p.text for p in partials]
             u.unstable_words, u.partial_words = unstable_words(texts, final.text, normalize)
@@ -217,8 +230,9 @@ def lag_series(
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest rank (see the module's definitions): always one of the measured values, never interpolated."""
     vals = [v for v in values if v is not None]
-    return float(np.percentile(vals, q)) if vals else None
+    return float(np.percentile(vals, q, method="inverted_cdf")) if vals else None
 
 
 def summarize(utterances: Sequence[UtteranceMetrics], wer: float | None) -> dict[str, Any]:

@@ -6,8 +6,9 @@
     python -m client.bench_server memory    # RSS per stream: idle streams, then unpaced ones not reading
 
 Each run starts its own server (`client.local_server`) so its CPU time and RSS can be read from /proc, prints
-a table and writes `<out>/<command>.json`. Streams are real speech from the data set joined with pauses of
-known length; a final "covers" an utterance when its span contains the utterance's end of speech. "Lost":
+a table and writes `<out>/<command>.json`. Streams are real speech from the data set, trimmed and joined with
+pauses of known length as `make bench` builds them; a final "covers" an utterance when its span contains the
+utterance's end of speech, and latency is `make bench`'s TTFS (end of speech as captured -> final). "Lost":
 utterances no final covers; "duplicated": utterances covered by more than one final. CPU is the server
 process's user+system time over the run's wall time (100 % = one core). These machines are shared: read
 each number with the load average printed next to it.
@@ -28,6 +29,7 @@ from typing import Any
 
 import websockets
 
+from client import bench_metrics as bm
 from client.local_server import LocalServer
 from client.protocol import metadata, stream_pcm
 from client.speech import JoinedStream, join_utterances, load_manifest, to_pcm16, wer
@@ -118,9 +120,12 @@ class Sampler:
 
 
 def streams_of(n: int, per_stream: int, pause_s: float, data: Path | None) -> list[JoinedStream]:
+    """Real speech as `make bench` builds it: trimmed recordings, so each end of speech is exact."""
     utts = [u for u in load_manifest(data) if u.language == "en" and u.scored and u.duration_s <= 12]
     return [
-        join_utterances([utts[(i * per_stream + j) % len(utts)] for j in range(per_stream)], pause_s=pause_s)
+        join_utterances(
+            [utts[(i * per_stream + j) % len(utts)] for j in range(per_stream)], pause_s=pause_s, trim=True
+        )
         for i in range(n)
     ]
 
@@ -138,13 +143,6 @@ def account(stream: JoinedStream, finals: list[dict[str, Any]], tolerance_s: flo
         lost += not covering
         duplicated += len(covering) > 1
     return {"utterances": len(stream.speech_ends), "lost": lost, "duplicated": duplicated}
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 class FullLoad:
@@ -210,8 +208,11 @@ async def run_streams(
                 and r.message["segments"]
                 and max(s["end_time"] for s in r.message["segments"]) >= end - 0.3
             ]
-            if arrivals:
-                latencies.append(min(arrivals) - end)
+            speech_end = bm.speech_time_at(
+                res.audio_sent_s, end
+            )  # TTFS's definition (client/bench_metrics.py)
+            if arrivals and speech_end is not None:
+                latencies.append(min(arrivals) - speech_end)
         lags = [m["server_lag_s"] for m in res.finals + res.partials if m.get("server_lag_s") is not None]
         return {
             **account(js, res.finals),
@@ -246,8 +247,8 @@ async def cmd_load(args: argparse.Namespace, server: LocalServer) -> dict[str, A
                     "lost": sum(r["lost"] for r in results),
                     "duplicated": sum(r["duplicated"] for r in results),
                     "refused_or_failed": sum(1 for r in results if not r["finished"] or r["errors"]),
-                    "latency_p50_s": percentile(lat, 0.5),
-                    "latency_p95_s": percentile(lat, 0.95),
+                    "latency_p50_s": bm.percentile(lat, 50),
+                    "latency_p95_s": bm.percentile(lat, 95),
                     "n_latencies": len(lat),
                     "partials_shed": after.get("whisper_stream_partials_shed_total", 0)
                     - before.get("whisper_stream_partials_shed_total", 0),

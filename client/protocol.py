@@ -194,13 +194,14 @@ async def stream_pcm(
     async def paced() -> AsyncIterator[bytes | str]:
         t0 = time.monotonic()
         for i in range(0, len(pcm), frame_bytes):
+            if speed > 0:  # as a live source: a frame leaves once its last sample has been captured
+                captured = min(i + frame_bytes, len(pcm)) / bytes_per_second / speed
+                delay = t0 + captured - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             yield pcm[i : i + frame_bytes]
             if i // frame_bytes in controls:
                 yield controls[i // frame_bytes]
-            if speed > 0:
-                delay = t0 + (i + frame_bytes) / bytes_per_second / speed - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
 
     return await stream_frames(
         url,

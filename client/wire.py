@@ -47,14 +47,14 @@ async def _paced(
     on_progress: Any,
 ) -> None:
     for chunk, upto in zip(chunks, seconds, strict=True):
+        if speed > 0:  # as a live source: a chunk leaves once its last sample has been captured
+            delay = t0 + upto / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
         await ws.send(chunk)
         result.audio_sent_s.append((time.monotonic() - t0, upto))
         if on_progress:
             on_progress(upto)
-        if speed > 0:
-            delay = t0 + upto / speed - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
 
 
 async def stream_deepgram(

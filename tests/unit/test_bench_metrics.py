@@ -31,20 +31,23 @@ def tx(
 
 
 def paced(duration_s: float, frame_s: float = 0.032, start: float = 0.01) -> list[tuple[float, float]]:
-    """audio_sent_s of a stream paced exactly in real time: frame k (ending at (k+1)*frame_s) sent then."""
+    """audio_sent_s of a live source in real time: frame k (ending at (k+1)*frame_s) sent once captured."""
     n = int(np.ceil(duration_s / frame_s))
-    return [(start + k * frame_s, min((k + 1) * frame_s, duration_s)) for k in range(n)]
+    return [
+        (start + min((k + 1) * frame_s, duration_s), min((k + 1) * frame_s, duration_s)) for k in range(n)
+    ]
 
 
-def test_sent_time_is_the_frame_holding_the_sample():
-    sent = [(0.0, 0.032), (0.032, 0.064), (0.064, 0.080)]
-    assert bm.sent_time_at(sent, 0.0) == 0.0
-    assert bm.sent_time_at(sent, 0.032) == 0.0  # the first frame's last sample
-    assert bm.sent_time_at(sent, 0.033) == 0.032
-    assert bm.sent_time_at(sent, 0.080) == 0.064
-    assert bm.sent_time_at(sent, 0.081) is None
+def test_speech_time_is_when_the_sample_was_captured():
+    sent = [(0.032, 0.032), (0.064, 0.064), (0.080, 0.080)]
+    assert bm.speech_time_at(sent, 0.0) == pytest.approx(0.0)
+    assert bm.speech_time_at(sent, 0.032) == pytest.approx(0.032)  # the first frame's last sample
+    assert bm.speech_time_at(sent, 0.033) == pytest.approx(0.033)  # not when its frame left (0.064)
+    assert bm.speech_time_at(sent, 0.080) == pytest.approx(0.080)
+    assert bm.speech_time_at(sent, 0.081) is None
+    assert bm.speech_time_at([(0.050, 0.032)], 0.020) == pytest.approx(0.038)  # a frame sent 18 ms late
     assert bm.audio_sent_at(sent, -1.0) == 0.0
-    assert bm.audio_sent_at(sent, 0.05) == 0.064
+    assert bm.audio_sent_at(sent, 0.05) == 0.032  # by then only the first frame had left
     assert bm.audio_sent_at(sent, 9.0) == 0.080
 
 
@@ -66,7 +69,7 @@ def test_match_final_takes_the_first_covering_final_of_this_utterance():
 def test_latency_first_partial_cadence_and_instability_on_a_known_log():
     starts, ends = (0.5, 4.0), (2.5, 6.0)
     sent = paced(7.0)
-    speech_end_sent = bm.sent_time_at(sent, 2.5)
+    speech_end = bm.speech_time_at(sent, 2.5)
     received = [
         tx(1.3, False, 0, [(0.5, 1.2, "the quick")]),
         tx(1.9, False, 0, [(0.5, 1.8, "the quack brown")]),
@@ -79,21 +82,43 @@ def test_latency_first_partial_cadence_and_instability_on_a_known_log():
         received, sent, [("a", "the quick brown fox"), ("b", "jumps over")], starts, ends, normalize=norm
     )
     a, b = utts
-    assert a.latency_s == pytest.approx(3.1 - speech_end_sent)
+    assert a.latency_s == pytest.approx(3.1 - speech_end) == pytest.approx(3.1 - 0.01 - 2.5)
     assert 0 < a.latency_s < 1.0
     assert a.final_num == 0 and a.partials == 3
-    assert a.first_partial_s == pytest.approx(1.3 - bm.sent_time_at(sent, 0.5))
+    assert a.first_partial_s == pytest.approx(1.3 - 0.01 - 0.5)
     assert a.partial_intervals_s == pytest.approx([0.6, 0.5])
     # shown: 2 + 3 + 4 = 9 words; only "quack" was changed by the final
     assert (a.unstable_words, a.partial_words) == (1, 9)
     assert a.hypothesis == "The quick brown fox."
-    assert b.latency_s == pytest.approx(7.6 - bm.sent_time_at(sent, 6.0))
+    assert b.latency_s == pytest.approx(7.6 - 0.01 - 6.0)
     assert b.partials == 0 and b.first_partial_s is None and b.hypothesis == "Jumps over."
     summary = bm.summarize(utts, wer=0.0)
     assert summary["finals_matched"] == 2
-    assert summary["latency_p50_s"] == pytest.approx((a.latency_s + b.latency_s) / 2)
+    assert summary["latency_p50_s"] == pytest.approx(a.latency_s)  # nearest rank: the lower of two
     assert summary["unstable_partial_word_ratio"] == pytest.approx(1 / 9)
-    assert summary["partial_interval_p50_s"] == pytest.approx(0.55)
+    assert summary["partial_interval_p50_s"] == pytest.approx(0.5)
+
+
+def test_percentiles_are_nearest_rank_so_a_p95_of_four_is_the_slowest():
+    assert bm.percentile([0.4, 0.5, 0.6, 1.0], 95) == 1.0
+    assert bm.percentile([0.4, 0.5, 0.6, 1.0], 50) == 0.5
+    assert bm.percentile(list(np.arange(1, 21) / 10), 95) == pytest.approx(1.9)  # 19 of 20 at or below
+    assert bm.percentile([], 50) is None
+
+
+def test_the_first_partial_of_an_utterance_cut_into_two_finals_is_its_first_piece_s():
+    sent = paced(12.0)
+    received = [
+        tx(1.2, False, 0, [(0.5, 1.0, "one")]),  # the first piece's partial
+        tx(10.8, True, 0, [(0.5, 10.5, "one two")]),  # cut at the maximum duration
+        tx(11.2, False, 1, [(10.5, 11.0, "three")]),
+        tx(11.8, True, 1, [(10.5, 11.5, "three four")]),
+    ]
+    (u,) = bm.utterance_metrics(
+        received, sent, [("a", "one two three four")], (0.5,), (11.5,), normalize=norm
+    )
+    assert u.final_num == 1
+    assert u.first_partial_s == pytest.approx(1.2 - 0.01 - 0.5)  # not 11.2 - 0.51
 
 
 def test_an_utterance_without_final_is_unmatched_not_given_the_next_final():
@@ -131,12 +156,6 @@ def test_lag_series_reports_server_and_client_lag():
     assert series[0]["server_lag_s"] == 0.4 and series[1]["server_lag_s"] is None
     assert series[0]["audio_sent_s"] == pytest.approx(2.016, abs=0.04)
     assert series[1]["client_lag_s"] == pytest.approx(3.008 - 1.9, abs=0.04)
-
-
-def test_percentiles():
-    assert bm.percentile([], 50) is None
-    assert bm.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert bm.percentile(list(range(101)), 95) == 95.0
 
 
 def _run(label: str, n: int, p50: float, p95: float, rtfx: float) -> dict:

@@ -9,8 +9,9 @@ Each stream is the same `--utterances-per-stream` recordings of real speech (the
 concurrency measures the same utterances. Each recording is trimmed once by a fixed energy rule
 (`client.speech.energy_bounds`, no VAD) and followed by `--pause-s` of digital silence: every utterance's end
 of speech is known exactly, not guessed by the server's detector. Frames of 32 ms are paced in real time
-(`--speed`). TTFS (time to final) = arrival of the final covering an utterance - send time of its last
-sample, in two modes run side by side (`--modes`):
+(`--speed`), each sent once its last sample would have been captured, as from a microphone. TTFS (time to
+final) = arrival of the final covering an utterance - the moment its last sample was captured, in two modes
+run side by side (`--modes`):
 - server: the server's own endpointing decides (Baseten's default);
 - flush: a client-side Silero VAD (the server's model, `--flush-stop-ms` 200 ms of silence ends speech, as
   pipecat's SileroVADAnalyzer with stop_secs 0.2) sends `{"type": "finalize"}` when it fires, as pipecat does.
@@ -639,10 +640,11 @@ def format_table(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"WER normalizer: {report['normalizer']}",
-        "TTFS = arrival of the final covering an utterance - send time of its last sample (the end of "
-        "the energy-trimmed recording, followed by digital silence); p50/p95 per repetition, median "
-        "[min-max] over repetitions; pooled = every utterance of every repetition; n/rep = utterances per "
-        "repetition (with n <= 20 a p95 is close to the maximum); spec = finals decoded speculatively; "
+        "TTFS = arrival of the final covering an utterance - the moment its last sample was captured (the "
+        "end of the energy-trimmed recording, followed by digital silence; frames leave once captured); "
+        "p50/p95 per repetition (nearest rank: with n <= 20 a p95 is the maximum), median [min-max] over "
+        "repetitions; pooled = every utterance of every repetition; n/rep = utterances per repetition; "
+        "spec = finals decoded speculatively; "
         "load 1m = the machine's 1-minute load average around the runs",
     ]
     return "\n".join(lines)

@@ -30,11 +30,13 @@ from typing import Any
 import websockets
 
 from client import bench_metrics as bm
+from client.bench import build_streams, select_utterances
 from client.local_server import LocalServer
 from client.protocol import metadata, stream_pcm
-from client.speech import JoinedStream, join_utterances, load_manifest, to_pcm16, wer
+from client.speech import JoinedStream, to_pcm16, wer
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MAX_UTTERANCE_S = 30.0  # as `make bench` (--max-utterance-s)
 
 
 # -- measuring the server process ----------------------------------------------------------------------------
@@ -120,14 +122,8 @@ class Sampler:
 
 
 def streams_of(n: int, per_stream: int, pause_s: float, data: Path | None) -> list[JoinedStream]:
-    """Real speech as `make bench` builds it: trimmed recordings, so each end of speech is exact."""
-    utts = [u for u in load_manifest(data) if u.language == "en" and u.scored and u.duration_s <= 12]
-    return [
-        join_utterances(
-            [utts[(i * per_stream + j) % len(utts)] for j in range(per_stream)], pause_s=pause_s, trim=True
-        )
-        for i in range(n)
-    ]
+    """`make bench`'s streams: its English utterances, trimmed (exact ends of speech), stream i rotated."""
+    return build_streams(select_utterances(data, "en", MAX_UTTERANCE_S, []), n, per_stream, pause_s)
 
 
 def account(stream: JoinedStream, finals: list[dict[str, Any]], tolerance_s: float = 0.3) -> dict[str, Any]:

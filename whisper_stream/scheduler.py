@@ -130,7 +130,11 @@ class Scheduler:
         now = time.monotonic()
         oldest = min((j.queued_at for j in self._finals), default=None)
         waiting = now - oldest if oldest is not None else 0.0
-        return max(waiting, self.final_delay_s * math.exp2(-(now - self._delay_at) / DELAY_HALF_LIFE_S))
+        return max(waiting, self._recent_delay(now))
+
+    def _recent_delay(self, now: float) -> float:
+        """`final_delay_s` as of `now`: halved every DELAY_HALF_LIFE_S since the last final started."""
+        return self.final_delay_s * math.exp2(-(now - self._delay_at) / DELAY_HALF_LIFE_S)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -200,7 +204,7 @@ class Scheduler:
         for job in batch:
             metrics.QUEUE_SECONDS.labels(job.kind).observe(started - job.queued_at)
             if job.kind == "final" or job.urgent:  # a confirmed speculative final is urgent
-                recent = self.final_delay_s * math.exp2(-(started - self._delay_at) / DELAY_HALF_LIFE_S)
+                recent = self._recent_delay(started)
                 self.final_delay_s = recent + DELAY_SMOOTHING * (started - job.queued_at - recent)
                 self._delay_at = started
         try:

@@ -102,12 +102,12 @@ class Runtime:
         self.loop_watch: asyncio.Task[None] | None = None  # the server's event-loop lag probe
         self.streams: set[_StreamLoop] = set()
         self.opening: set[Transport] = set()  # admitted, still waiting for their metadata
-        self.admitted = 0  # connections past admission: the streams plus those still opening
         self.per_client: collections.Counter[str] = collections.Counter()
 
     @property
     def active(self) -> int:
-        return self.admitted
+        """Connections past admission: the streams, and those still waiting for their metadata."""
+        return len(self.streams) + len(self.opening)
 
     def session(self, config: StreamConfig, **kwargs: Any) -> Session:
         """A new session on this runtime's VAD and limits (every protocol makes its sessions here)."""
@@ -278,10 +278,9 @@ async def serve_stream(
     metrics.STREAMS.inc()
     metrics.STREAMS_TOTAL.inc()
     runtime.per_client[client] += 1
-    runtime.admitted += 1  # counts against max_streams from now on, not only once its metadata came
     try:
         if protocol is None:
-            runtime.opening.add(transport)
+            runtime.opening.add(transport)  # counts against max_streams before its metadata comes
             try:
                 session = await _open(transport, runtime)
             finally:
@@ -296,7 +295,6 @@ async def serve_stream(
     except TransportClosed:
         pass
     finally:
-        runtime.admitted -= 1
         runtime.per_client[client] -= 1
         if runtime.per_client[client] <= 0:
             del runtime.per_client[client]

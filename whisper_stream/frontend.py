@@ -1,86 +1,151 @@
-"""The audio front end of every stream, off the event loop: decoding and resampling in worker threads, and
-Silero VAD batched across streams.
+"""The audio front end of every stream, per tick and off the event loop: audio decoding, resampling and Silero
+VAD for all streams in one worker-thread call.
 
-Per message the event loop only hands work to the pool and applies the result (`Session.on_frames`): the
-one loop thread that reads every socket never waits behind a 1 MiB frame's decoding. VAD requests gather for
-one tick (`VAD_TICK_S`) and then run as one batch: one ONNX call per 32 ms frame step serves every stream with
-frames waiting (`SileroModel.run_streams`). An ONNX call costs about the same for 1 or many streams, so with
-many real-time streams this cuts the VAD's CPU severalfold, for at most a tick of added latency. While the
-batches hold a single stream there is no tick: a lone client uploading small frames as fast as it can is not
-slowed to one frame per tick.
+A stream hands its audio in (`submit`) and gets a `Ticket` back; nothing waits per message. The audio of every
+stream that arrived during one tick (`VAD_TICK_S`) is decoded and run through Silero together: one ONNX call
+per 32 ms frame step serves every stream with frames waiting (`SileroModel.run_streams`). Then, back on the
+event loop, each session applies its frames (`Session.on_frames`) and the ticket's owner is called with the
+actions. An ONNX call costs about the same for 1 or 64 streams, and the event loop does one hand-off per tick
+instead of a task wake-up and a future per message. While the batches hold a single stream there is no tick:
+a lone client uploading as fast as it can is not slowed to one batch per tick.
 
-Memory: nothing per stream beyond the frames of the message in progress.
+A session's tickets are applied in the order they were submitted, at most one per batch.
+
+Memory: the audio bytes of the tickets in progress; their owner counts them against its inbox bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
 from whisper_stream.session import Action, Session
 from whisper_stream.vad import SileroModel, SileroStream
 
-FRONTEND_THREADS = 2  # decoding/resampling and VAD batches; each ONNX call uses one core
-VAD_TICK_S = 0.02  # VAD requests gather this long before one batched call (clients send every 32 ms)
-# A message this small (0.5 s of 16 kHz s16le; clients send 32 ms) is decoded on the loop: the hop to a worker
-# thread costs more than decoding it. Larger ones (up to --max-frame-bytes) go to the pool.
-INLINE_DECODE_BYTES = 16 << 10
+FRONTEND_THREADS = 2  # one runs a batch, the other stays free for the next; each ONNX call uses one core
+VAD_TICK_S = 0.02  # audio gathers this long before one batched call (clients send every 20-100 ms)
+
+
+class State(Enum):
+    WAITING = "waiting"  # for its batch
+    RUNNING = "running"  # in a batch
+    DONE = "done"  # `actions` or `error` set, owner called
+
+
+@dataclass(eq=False)
+class Ticket:
+    """Audio of one session on its way through the front end."""
+
+    session: Session
+    on_done: Callable[[Ticket], None]  # called on the event loop, once, unless cancelled
+    chunks: list[bytes]
+    submitted: float = field(default_factory=time.perf_counter)
+    state: State = State.WAITING
+    actions: list[Action] = field(default_factory=list)
+    error: BaseException | None = None
+    cancelled: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+
+def batched(session: Session) -> bool:
+    """Whether the session's audio can go through the front end (a test's own VAD runs `feed_audio`)."""
+    return isinstance(session.vad, SileroStream)
 
 
 class FrontEnd:
     def __init__(self, model: SileroModel, threads: int = FRONTEND_THREADS) -> None:
         self.model = model
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="frontend")
-        self._waiting: list[tuple[SileroStream, np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self._waiting: list[Ticket] = []
         self._running = False
         self._last_batch = 1  # streams in the latest batch: more than one means others are worth waiting for
+        self._tick_end = 0.0  # when the next batch may start (event-loop time)
 
-    async def feed(self, session: Session, data: bytes) -> list[Action]:
-        """`session.feed_audio` with the costly parts in the pool and its VAD batched with other streams'
-        (a session on another VAD, e.g. a test's, runs `feed_audio` as it is)."""
-        vad = session.vad
-        if not isinstance(vad, SileroStream):
-            return session.feed_audio(data, time.time())
-        loop = asyncio.get_running_loop()
-        if len(data) <= INLINE_DECODE_BYTES:
-            frames = session.take_frames(data)
-        else:
-            frames = await loop.run_in_executor(self._pool, session.take_frames, data)
-        if not len(frames):
-            return []
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._waiting.append((vad, frames, future))
+    def submit(self, session: Session, data: bytes, on_done: Callable[[Ticket], None]) -> Ticket:
+        """Queue a `batched` session's audio; `on_done(ticket)` follows on the event loop with its actions."""
+        ticket = Ticket(session, on_done, [data])
+        self._waiting.append(ticket)
         if not self._running:
             self._running = True
-            loop.create_task(self._run_batches())
-        return session.on_frames(frames, await future)
+            asyncio.get_running_loop().create_task(self._run_batches())
+        return ticket
 
     async def _run_batches(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             if self._last_batch > 1:
-                await asyncio.sleep(VAD_TICK_S)  # let the other streams' frames of this tick join the batch
+                await asyncio.sleep(VAD_TICK_S)  # let the other streams' audio of this tick join the batch
             while self._waiting:
-                batch, self._waiting = self._waiting, []
-                streams = [s for s, _, _ in batch]
-                self._last_batch = len(streams)
+                if self._last_batch > 1:  # at most one batch per tick: what came meanwhile waits for its tick
+                    await asyncio.sleep(self._tick_end - loop.time())
+                self._tick_end = loop.time() + VAD_TICK_S
+                batch: dict[Session, Ticket] = {}
+                later: list[Ticket] = []
+                for ticket in self._waiting:
+                    if ticket.cancelled:
+                        continue
+                    if batch.setdefault(ticket.session, ticket) is not ticket:
+                        later.append(ticket)  # the session's next ticket: the next batch, in order
+                    else:
+                        ticket.state = State.RUNNING
+                self._waiting = later
+                tickets = list(batch.values())
+                self._last_batch = len(tickets)
+                if not tickets:
+                    break
                 try:
-                    probs = await loop.run_in_executor(
-                        self._pool, self.model.run_streams, streams, [f for _, f, _ in batch]
-                    )
-                except Exception as exc:  # every stream of the batch gets the failure
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, _, future), p in zip(batch, probs, strict=True):
-                    if not future.done():
-                        future.set_result(p)
+                    decoded = await loop.run_in_executor(self._pool, self._process, tickets)
+                except Exception as exc:  # the VAD itself failed: every stream of the batch is told
+                    decoded = [exc] * len(tickets)
+                for ticket, out in zip(tickets, decoded, strict=True):
+                    self._finish(ticket, out)
         finally:
             self._running = False
+
+    def _process(self, tickets: list[Ticket]) -> list[tuple[np.ndarray, np.ndarray] | BaseException]:
+        """Worker thread: decode each ticket's audio (a decoding error fails that ticket only), then the VAD
+        of all of them in lockstep."""
+        out: list[tuple[np.ndarray, np.ndarray] | BaseException] = []
+        for ticket in tickets:
+            try:
+                data = ticket.chunks[0] if len(ticket.chunks) == 1 else b"".join(ticket.chunks)
+                out.append((ticket.session.take_frames(data), np.empty(0, dtype=np.float32)))
+            except Exception as exc:
+                out.append(exc)
+        rows = [i for i, o in enumerate(out) if isinstance(o, tuple) and len(o[0])]
+        if rows:
+            vads = [tickets[i].session.vad for i in rows]
+            probs = self.model.run_streams(vads, [out[i][0] for i in rows])  # type: ignore[index, misc]
+            for i, p in zip(rows, probs, strict=True):
+                out[i] = (out[i][0], p)  # type: ignore[index]
+        return out
+
+    @staticmethod
+    def _finish(ticket: Ticket, out: tuple[np.ndarray, np.ndarray] | BaseException) -> None:
+        """Event loop: the session applies its frames, then the ticket's owner hears of it."""
+        ticket.state = State.DONE
+        ticket.chunks = []
+        if ticket.cancelled:
+            return
+        if isinstance(out, BaseException):
+            ticket.error = out
+        else:
+            frames, probs = out
+            try:
+                ticket.actions = ticket.session.on_frames(frames, probs) if len(frames) else []
+            except Exception as exc:  # a bug in one session: its stream fails, the others go on
+                ticket.error = exc
+            ticket.session.add_processing_time(time.perf_counter() - ticket.submitted)
+        ticket.on_done(ticket)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

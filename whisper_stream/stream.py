@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from whisper_stream import messages, metrics
 from whisper_stream.config import ConfigError, StreamConfig, parse_metadata
 from whisper_stream.engines.interface import TranscribeResult
-from whisper_stream.frontend import FrontEnd
+from whisper_stream.frontend import FrontEnd, Ticket, batched
 from whisper_stream.scheduler import Job, Scheduler
 from whisper_stream.session import Action, Close, Event, Send, Session, Transcribe
 from whisper_stream.vad import SileroModel
@@ -348,22 +348,41 @@ async def _open(transport: Transport, runtime: Runtime) -> Session | None:
     return runtime.session(config, stream_id=stream_id)
 
 
+@dataclass(eq=False)
+class _Audio:
+    """A place in a stream's outgoing order held by audio in the front end: its actions go out from here."""
+
+    ticket: Ticket
+    nbytes: int = 0  # inbox bytes it holds until done (the messages it carries)
+    outs: list[Out] | None = None  # the protocol's outs for the ticket's actions, once done
+
+
 class _StreamLoop:
-    """One stream after its handshake: a reader task feeding a bounded inbox, and the loop that applies it."""
+    """One stream after its handshake: a reader task, a bounded inbox, and the loop that applies it.
+
+    Audio takes a fast path: when nothing is queued before it, the reader hands a binary frame straight to
+    the front end, whose tick applies it; the loop wakes only when that produced something to send. Every
+    other message goes through the inbox. A message is applied only once the audio before it has been (so
+    the finals cap is exact and a control message sees all audio sent before it). `_outs` holds what is
+    owed to the client in the order the session produced it."""
 
     def __init__(self, transport: Transport, runtime: Runtime, protocol: StreamProtocol) -> None:
         self.transport, self.runtime, self.protocol = transport, runtime, protocol
         self.limits = runtime.limits
         self._inbox: collections.deque[str | bytes] = collections.deque()
-        self._inbox_bytes = 0
+        self._inbox_bytes = 0  # the inbox's messages and the audio still in the front end
+        self._outs: collections.deque[Out | _Audio] = collections.deque()
         self._results: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._wake = asyncio.Event()  # something arrived (a message, a result, the reader's end, a drain)
+        self._wake = asyncio.Event()  # something to do (a message, a result, sendable outs, a drain, the end)
         self._space = asyncio.Event()  # the inbox has room again
         self._space.set()
         self._reader_done = False
         self._drain = False
+        self._lag_failed = False
+        self._in_frontend = 0  # tickets not yet applied: audio waits behind them (the finals cap is exact)
         self._final_asked: dict[int, float] = {}  # utterance number -> when its final was requested
         self._open = True
+        self._heard = self._audio_heard = time.monotonic()  # the idle clocks: any message, audio
 
     # -- called from outside ---------------------------------------------------------------------------
 
@@ -390,14 +409,33 @@ class _StreamLoop:
             while True:
                 await self._space.wait()
                 message = await self.transport.recv()
-                self._inbox.append(message)
-                self._inbox_bytes += len(message) + MESSAGE_OVERHEAD_BYTES
+                size = len(message) + MESSAGE_OVERHEAD_BYTES
+                self._inbox_bytes += size
                 if self._inbox_bytes >= self.limits.max_frame_bytes:
                     self._space.clear()  # TCP backpressure: nothing more is read until the loop catches up
-                self._wake.set()
+                self._heard = time.monotonic()
+                if self._fast_path(message):
+                    self._audio_heard = self._heard
+                    self._take(self.protocol.on_frame(message, time.time()), size)
+                else:
+                    self._inbox.append(message)
+                    self._wake.set()
         except TransportClosed:
             self._reader_done = True
             self._wake.set()
+
+    def _fast_path(self, message: str | bytes) -> bool:
+        """Audio that needs nothing from the loop: nothing queued before it, audio wanted now, a sane size."""
+        return (
+            isinstance(message, bytes)
+            and not self._inbox
+            and not self._in_frontend
+            and self._open
+            and not self._drain
+            and len(message) <= self.limits.max_frame_bytes
+            and self._accepting_audio()
+            and self._finals_in_flight() < self.limits.max_finals_in_flight
+        )
 
     def _on_result(self, session: Session, rid: int) -> Any:
         def callback(result: TranscribeResult | None, error: str | None, timing: Any) -> None:
@@ -424,6 +462,9 @@ class _StreamLoop:
                     await self._carry_out(failure)
         finally:
             reader.cancel()
+            for item in self._outs:
+                if isinstance(item, _Audio):
+                    item.ticket.cancelled = True
             for session in protocol.sessions:
                 runtime.scheduler.cancel(session)
             runtime.streams.discard(self)
@@ -441,43 +482,134 @@ class _StreamLoop:
     def _finals_in_flight(self) -> int:
         return sum(s.finals_in_flight for s in self.protocol.sessions)
 
+    # -- what is owed to the client, in order ----------------------------------------------------------
+
+    def _take(self, outs: list[Out], nbytes: int = 0) -> None:
+        """Queue a protocol's outs; its audio goes to the front end now (in order), holding its place in
+        `_outs`. `nbytes` of the inbox bound are held until that audio is applied."""
+        holder: _Audio | None = None
+        inline = False
+        for session, action in outs:
+            if not isinstance(action, Audio):
+                self._outs.append((session, action))
+                continue
+            assert session is not None
+            if not (session.accepting_audio and batched(session)):  # an error, or a test's own VAD: now
+                actions = session.feed_audio(action.data, time.time())
+                self._outs.extend(self.protocol.on_actions(session, actions))
+                inline = True
+                continue
+            holder = _Audio(self.runtime.frontend.submit(session, action.data, self._audio_done))
+            self._in_frontend += 1
+            self._outs.append(holder)
+        if inline:
+            self._outs.extend(self._lag_check())
+        if holder is not None:
+            holder.nbytes += nbytes
+        else:
+            self._release(nbytes)
+        self._settle()
+
+    def _take_now(self, outs: list[Out]) -> None:
+        """Outs the session produced now, ahead of audio it has not applied yet (an engine result's)."""
+        at = next(
+            (i for i, item in enumerate(self._outs) if isinstance(item, _Audio) and not item.ticket.done),
+            len(self._outs),
+        )
+        for k, out in enumerate(outs):
+            self._outs.insert(at + k, out)
+        self._settle()
+
+    def _release(self, nbytes: int) -> None:
+        self._inbox_bytes -= nbytes
+        if self._inbox_bytes < self.limits.max_frame_bytes:
+            self._space.set()
+
+    def _audio_done(self, ticket: Ticket) -> None:
+        """The front end applied a ticket: its actions take their place in `_outs`."""
+        for item in self._outs:
+            if isinstance(item, _Audio) and item.ticket is ticket:
+                break
+        else:
+            return  # the stream is gone
+        self._in_frontend -= 1
+        self._release(item.nbytes)
+        item.nbytes = 0
+        item.outs = [] if ticket.error else self.protocol.on_actions(ticket.session, ticket.actions)
+        if not ticket.error:
+            item.outs += self._lag_check()
+        self._settle()
+
+    def _settle(self) -> None:
+        """Drop applied audio with nothing to send from the head of `_outs`; wake the loop when it has work
+        (it does not wake for audio that produced nothing)."""
+        outs = self._outs
+        while outs and isinstance(outs[0], _Audio) and outs[0].ticket.done and not self._has_work(outs[0]):
+            outs.popleft()
+        head = outs[0] if outs else None
+        if head is not None and (not isinstance(head, _Audio) or head.ticket.done):
+            self._wake.set()
+        elif not self._in_frontend and (self._inbox or self._drain or self._reader_done):
+            self._wake.set()
+
+    @staticmethod
+    def _has_work(item: _Audio) -> bool:
+        return bool(item.outs) or item.ticket.error is not None
+
+    def _lag_check(self) -> list[Out]:
+        lag = max((s.lag_s for s in self.protocol.sessions), default=0.0)
+        if self._lag_failed or lag <= self.limits.max_lag_s:
+            return []
+        self._lag_failed = True
+        text = (
+            f"the server is {lag:.0f} s behind this stream (limit {self.limits.max_lag_s:g} s): "
+            "send audio in real time, or retry later"
+        )
+        return self.protocol.fail("STREAM_ERROR", text, CLOSE_TRY_AGAIN, time.time())
+
+    # -- the loop --------------------------------------------------------------------------------------
+
     async def _loop(self) -> None:
         protocol, limits = self.protocol, self.limits
-        last_heard = last_audio = time.monotonic()
-        while self._open and not protocol.finished:
-            if self._results:
-                await self._carry_out(protocol.on_result(*self._results.popleft()))
+        while self._open and (self._outs or not protocol.finished):  # a finished one still sends its last
+            head = self._outs[0] if self._outs else None
+            if isinstance(head, _Audio) and head.ticket.done:
+                self._outs.popleft()
+                if head.ticket.error is not None:
+                    raise head.ticket.error
+                await self._carry_out(head.outs or [])
                 continue
-            if self._drain:
+            if head is not None and not isinstance(head, _Audio):
+                self._outs.popleft()
+                await self._carry_out([head])
+                continue
+            # the head (if any) is audio still in the front end: results and more audio may go on meanwhile
+            if self._results:  # applied now: audio still in the front end comes after it
+                self._take_now(protocol.on_result(*self._results.popleft()))
+                continue
+            if self._drain and not self._in_frontend:  # audio received goes into the last finals
                 self._drain = False
-                await self._carry_out([(s, a) for s in protocol.sessions for a in s.shutdown()])
+                self._take([(s, a) for s in protocol.sessions for a in s.shutdown()])
                 continue
-            if self._inbox and (
-                self._finals_in_flight() < limits.max_finals_in_flight or not self._accepting_audio()
-            ):
+            if self._inbox and self._may_apply(self._inbox[0], head is None and not self._in_frontend):
                 message = self._inbox.popleft()
-                self._inbox_bytes -= len(message) + MESSAGE_OVERHEAD_BYTES
-                if self._inbox_bytes < limits.max_frame_bytes:
-                    self._space.set()
-                last_heard = time.monotonic()
                 if isinstance(message, bytes) and self._accepting_audio():
-                    last_audio = last_heard
-                await self._handle(message)
+                    self._audio_heard = time.monotonic()
+                self._handle(message)
                 continue
-            if self._reader_done and not self._inbox:
+            if self._reader_done and not self._inbox and not self._in_frontend:
                 self._open = False  # the client went away: nothing more can be delivered
                 return
             # nothing to do: wait, and time out the client only while it is the one we wait for
             self._wake.clear()
             # (not while a final is on its way: after `finalize` the client waits for us)
-            waiting_for_client = self._accepting_audio() and not self._inbox and not self._finals_in_flight()
-            if not waiting_for_client:
+            if not (self._accepting_audio() and not self._inbox and not self._finals_in_flight()):
                 await self._wake.wait()
-                last_heard = time.monotonic()  # the idle clock starts again when we wait for the client
+                self._heard = max(self._heard, time.monotonic())  # the idle clock starts again now
                 continue
             now = time.monotonic()
-            idle_left = limits.idle_timeout_s - (now - last_heard)
-            audio_left = limits.audio_idle_timeout_s - (now - last_audio)
+            idle_left = limits.idle_timeout_s - (now - self._heard)
+            audio_left = limits.audio_idle_timeout_s - (now - self._audio_heard)
             if idle_left <= 0:
                 await self._carry_out(protocol.idle(limits.idle_timeout_s, time.time()))
                 self._open = False
@@ -492,34 +624,29 @@ class _StreamLoop:
             except TimeoutError:
                 pass
 
-    async def _handle(self, message: str | bytes) -> None:
+    def _may_apply(self, message: str | bytes, nothing_owed: bool) -> bool:
+        """A message once the audio before it has been applied (a text one: and its outs sent); audio only
+        while finals are below their cap (or it is refused anyway)."""
+        if isinstance(message, str):
+            return nothing_owed
+        if self._in_frontend:
+            return False
+        return self._finals_in_flight() < self.limits.max_finals_in_flight or not self._accepting_audio()
+
+    def _handle(self, message: str | bytes) -> None:
         protocol, limits, now = self.protocol, self.limits, time.time()
+        size = len(message) + MESSAGE_OVERHEAD_BYTES
         if isinstance(message, str) and len(message.encode("utf-8", "replace")) > limits.max_text_bytes:
+            self._release(size)
             text = f"text frame over {limits.max_text_bytes} bytes: control messages are small"
-            await self._carry_out(protocol.fail("STREAM_ERROR", text, CLOSE_TOO_BIG, now))
+            self._take(protocol.fail("STREAM_ERROR", text, CLOSE_TOO_BIG, now))
             return
         if isinstance(message, bytes) and len(message) > limits.max_frame_bytes:
+            self._release(size)
             text = f"audio frame of {len(message)} bytes exceeds the limit of {limits.max_frame_bytes} bytes"
-            await self._carry_out(protocol.fail("AUDIO_PROCESSING_ERROR", text, CLOSE_TOO_BIG, now))
+            self._take(protocol.fail("AUDIO_PROCESSING_ERROR", text, CLOSE_TOO_BIG, now))
             return
-        await self._carry_out(protocol.on_frame(message, now))
-        lag = max((s.lag_s for s in protocol.sessions), default=0.0)
-        if self._open and lag > limits.max_lag_s:
-            text = (
-                f"the server is {lag:.0f} s behind this stream (limit {limits.max_lag_s:g} s): "
-                "send audio in real time, or retry later"
-            )
-            await self._carry_out(protocol.fail("STREAM_ERROR", text, CLOSE_TRY_AGAIN, now))
-
-    async def _feed(self, session: Session, data: bytes) -> list[Out]:
-        """A protocol's audio through the front end (off the event loop), then back to the protocol."""
-        if not session.accepting_audio:
-            actions = session.feed_audio(data, time.time())  # a recoverable error
-        else:
-            started = time.perf_counter()
-            actions = await self.runtime.frontend.feed(session, data)
-            session.add_processing_time(time.perf_counter() - started)
-        return self.protocol.on_actions(session, actions)
+        self._take(protocol.on_frame(message, now), size)
 
     async def _send(self, msg: dict[str, Any]) -> None:
         try:
@@ -531,14 +658,11 @@ class _StreamLoop:
             raise TransportClosed from None
 
     async def _carry_out(self, outs: list[Out]) -> None:
-        """Send, submit, feed and close as the actions say."""
-        queue = collections.deque(outs)
-        while queue and self._open:
-            session, action = queue.popleft()
-            if isinstance(action, Audio):
-                assert session is not None
-                queue.extendleft(reversed(await self._feed(session, action.data)))
-            elif isinstance(action, Send | Event):
+        """Send, submit and close as the actions say (audio never comes here: `_take` queues it)."""
+        for session, action in outs:
+            if not self._open:
+                return
+            if isinstance(action, Send | Event):
                 if isinstance(action, Send):
                     self._count(action.message)
                 for wire in self.protocol.render(session, action):
@@ -560,6 +684,8 @@ class _StreamLoop:
             elif isinstance(action, Close):
                 self._open = False
                 await self.transport.close(action.code, close_reason(action.reason))
+            else:
+                raise TypeError(f"cannot carry out {action!r} here")
 
     def _count(self, msg: dict[str, Any]) -> None:
         """Prometheus counts of one outgoing session message."""

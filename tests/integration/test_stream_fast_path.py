@@ -1,0 +1,113 @@
+"""The stream driver's audio fast path, through a real in-process server with real Silero (a stand-in engine
+answers "hello"): paced audio never wakes the stream's loop message by message, a control message sent right
+after audio sees all of it, and an engine result is delivered while audio keeps streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import websockets
+
+from client.local_server import free_port
+from client.protocol import metadata
+from client.speech import load_audio, to_pcm16
+from tests.integration.test_admission_and_drain import SlowEngine
+from whisper_stream import stream as stream_module
+from whisper_stream.frontend import FrontEnd
+from whisper_stream.server import build_runtime, start_server
+from whisper_stream.settings import ServerSettings
+from whisper_stream.stream import Runtime
+
+FRAME_BYTES = 1024  # 32 ms of 16 kHz s16le
+
+
+@contextlib.asynccontextmanager
+async def served() -> AsyncIterator[tuple[str, Runtime]]:
+    s = ServerSettings(host="127.0.0.1", port=free_port(), engine="null")
+    engine = SlowEngine(0.05)
+    runtime = build_runtime(s, engine)
+    server = await start_server(s, runtime)
+    try:
+        yield f"ws://127.0.0.1:{s.port}/v1/websocket", runtime
+    finally:
+        engine.release.set()
+        server.close()
+        await server.wait_closed()
+        await runtime.scheduler.stop()
+
+
+@pytest.fixture
+def handled(monkeypatch) -> list[str | bytes]:
+    """Messages the stream's loop applied itself (not through the fast path)."""
+    seen: list[str | bytes] = []
+    original = stream_module._StreamLoop._handle
+
+    def spy(self, message):
+        seen.append(message)
+        return original(self, message)
+
+    monkeypatch.setattr(stream_module._StreamLoop, "_handle", spy)
+    return seen
+
+
+async def test_paced_audio_skips_the_loop_and_its_final_still_comes(speech, handled):
+    pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + bytes(32000)
+    frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
+    async with served() as (url, _), websockets.connect(url) as ws:
+        await ws.send(json.dumps(metadata()))
+        for frame in frames:
+            await ws.send(frame)
+            await asyncio.sleep(0.008)  # 4x real time
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert reply["type"] == "transcription" and reply["is_final"] and reply["segments"][0]["text"], reply
+    binary = [m for m in handled if isinstance(m, bytes)]
+    assert len(binary) < len(frames) // 10, (len(binary), len(frames))
+
+
+async def test_a_control_message_sees_all_audio_sent_before_it(speech, handled, monkeypatch):
+    """The front end is slowed down so that the control message arrives while audio is still in it."""
+    process = FrontEnd._process
+
+    def slow(self, tickets):
+        time.sleep(0.05)
+        return process(self, tickets)
+
+    monkeypatch.setattr(FrontEnd, "_process", slow)
+    pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path))
+    audio = pcm[: len(pcm) // 2 // FRAME_BYTES * FRAME_BYTES]  # mid-utterance
+    async with served() as (url, runtime), websockets.connect(url) as ws:
+        await ws.send(json.dumps(metadata()))
+        for i in range(0, len(audio), FRAME_BYTES):
+            await ws.send(audio[i : i + FRAME_BYTES])  # unpaced: much of it is still in the front end
+        await ws.send(json.dumps({"type": "finalize"}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        (stream,) = runtime.streams
+        received = stream.protocol.sessions[0].received_s
+    assert reply["type"] == "transcription" and reply["is_final"], reply
+    sent_s = len(audio) / 2 / 16000
+    assert received == pytest.approx(sent_s)
+    window_end = reply["segments"][0]["start_time"] + reply["audio_length_sec"]
+    assert window_end == pytest.approx(sent_s, abs=0.002)  # the final covers every frame sent before it
+    assert handled[-1] == json.dumps({"type": "finalize"})
+
+
+async def test_a_final_is_delivered_while_audio_keeps_streaming(speech):
+    """Two utterances sent back to back in real time: the first's final arrives before the audio ends."""
+    one = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + bytes(32000)
+    pcm = one + one
+    async with served() as (url, _), websockets.connect(url) as ws:
+        await ws.send(json.dumps(metadata()))
+        first_final_at = None
+        for n, i in enumerate(range(0, len(pcm), FRAME_BYTES)):
+            await ws.send(pcm[i : i + FRAME_BYTES])
+            await asyncio.sleep(0.016)  # 2x real time
+            with contextlib.suppress(TimeoutError):
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 0.001))
+                if reply.get("is_final") and first_final_at is None:
+                    first_final_at = n * FRAME_BYTES
+    assert first_final_at is not None and first_final_at < len(pcm) - len(one) // 2, first_final_at

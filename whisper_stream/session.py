@@ -602,9 +602,9 @@ class Session:
             self._partials
             and self._ep.in_speech
             and self._partial_inflight is None
-            and self._lag_allows_partials()
             and self._since_partial >= self._partial_every
             and not self._ending
+            and self._lag_allows_partials()  # last: it is the costly one
         ):
             actions.append(self._request("partial", self._seg_start, self._buf_end))
         return actions
@@ -623,8 +623,8 @@ class Session:
             self._partials
             and self._ep.speech_frames
             and self._partial_inflight is None
-            and self._lag_allows_partials()
             and self._since_partial >= self._partial_every
+            and self._lag_allows_partials()
         ):
             return [self._request("partial", self._seg_start, self._buf_end)]
         return []

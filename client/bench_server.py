@@ -42,8 +42,10 @@ MAX_UTTERANCE_S = 30.0  # as `make bench` (--max-utterance-s)
 # -- measuring the server process ----------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time of a process, or of one of its threads (the main thread's id is the pid: the event loop)."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
@@ -150,8 +152,9 @@ class FullLoad:
     def __init__(self, pid: int, n: int) -> None:
         self.pid, self.n = pid, n
         self._started = 0
-        self.start: tuple[float, float] | None = None  # (monotonic time, server CPU seconds)
-        self.end: tuple[float, float] | None = None
+        # (monotonic time, server CPU seconds, its event-loop thread's CPU seconds)
+        self.start: tuple[float, float, float] | None = None
+        self.end: tuple[float, float, float] | None = None
 
     def progress(self, js: JoinedStream) -> Any:
         """`stream_pcm`'s on_progress for one stream."""
@@ -164,11 +167,14 @@ class FullLoad:
                 first = False
                 self._started += 1
                 if self._started == self.n:
-                    self.start = (time.monotonic(), cpu_seconds(self.pid))
+                    self.start = self._now()
             if sent_s >= total_s - 0.05 and self.end is None and self.start is not None:
-                self.end = (time.monotonic(), cpu_seconds(self.pid))
+                self.end = self._now()
 
         return on_progress
+
+    def _now(self) -> tuple[float, float, float]:
+        return time.monotonic(), cpu_seconds(self.pid), cpu_seconds(self.pid, thread=self.pid)
 
     @property
     def window_s(self) -> float | None:
@@ -179,6 +185,14 @@ class FullLoad:
         if not (self.start and self.end and self.window_s):
             return None
         return 100 * (self.end[1] - self.start[1]) / self.window_s / self.n
+
+    @property
+    def loop_thread_percent_per_stream(self) -> float | None:
+        """The event-loop thread's part: the one thread every socket's messages go through (the front end's
+        worker threads can use other cores)."""
+        if not (self.start and self.end and self.window_s):
+            return None
+        return 100 * (self.end[2] - self.start[2]) / self.window_s / self.n
 
 
 async def run_streams(
@@ -326,6 +340,7 @@ async def cmd_frontend(args: argparse.Namespace, server: LocalServer) -> dict[st
                 "core_percent_per_realtime_stream": 100 * sampler.cpu / audio_s,
                 # the same while all N streams send: the cost at N streams (the issue #11 goal)
                 "full_load_core_percent_per_stream": full_load.core_percent_per_stream,
+                "full_load_loop_thread_percent_per_stream": full_load.loop_thread_percent_per_stream,
                 "full_load_window_s": full_load.window_s,
                 "loop_lag_p50_s": loop_lag_quantile(before, after, 0.5),
                 "loop_lag_p99_s": loop_lag_quantile(before, after, 0.99),

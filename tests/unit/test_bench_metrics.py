@@ -231,9 +231,11 @@ def test_full_load_window_runs_from_the_last_stream_start_to_the_first_stream_en
     long(0.032)
     assert window.start is not None and window.end is None
     long(2.0)
-    sum(i * i for i in range(200_000))  # some CPU inside the window
+    sum(i * i for i in range(2_000_000))  # some CPU inside the window, in this (the main) thread
     short(1.0)  # the short stream sent its last frame: the window closes
     end = window.end
     long(3.0)
     assert window.end == end and window.window_s is not None and window.window_s > 0
     assert window.core_percent_per_stream is not None and window.core_percent_per_stream >= 0
+    loop_thread = window.loop_thread_percent_per_stream
+    assert loop_thread is not None and 0 < loop_thread <= window.core_percent_per_stream + 1e-9

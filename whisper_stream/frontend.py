@@ -9,7 +9,8 @@ actions. An ONNX call costs about the same for 1 or 64 streams, and the event lo
 instead of a task wake-up and a future per message. While the batches hold a single stream there is no tick:
 a lone client uploading as fast as it can is not slowed to one batch per tick.
 
-A session's tickets are applied in the order they were submitted, at most one per batch.
+A session's tickets are applied in the order they were submitted, at most one per batch; audio sent while its
+ticket waits for the batch joins that ticket (`extend`, up to `GATHER_MAX_BYTES`).
 
 Memory: the audio bytes of the tickets in progress; their owner counts them against its inbox bound.
 """
@@ -17,6 +18,7 @@ Memory: the audio bytes of the tickets in progress; their owner counts them agai
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +30,13 @@ import numpy as np
 from whisper_stream.session import Action, Session
 from whisper_stream.vad import SileroModel, SileroStream
 
+log = logging.getLogger(__name__)
+
 FRONTEND_THREADS = 2  # one runs a batch, the other stays free for the next; each ONNX call uses one core
 VAD_TICK_S = 0.02  # audio gathers this long before one batched call (clients send every 20-100 ms)
+# A stream's audio waiting for its batch joins one ticket up to this size (0.5 s of 16 kHz s16le): a client
+# sending small frames keeps up however long a batch takes, and bounded, the finals cap stays near exact.
+GATHER_MAX_BYTES = 16 << 10
 
 
 class State(Enum):
@@ -68,7 +75,7 @@ class FrontEnd:
         self._waiting: list[Ticket] = []
         self._running = False
         self._last_batch = 1  # streams in the latest batch: more than one means others are worth waiting for
-        self._tick_end = 0.0  # when the next batch may start (event-loop time)
+        self._tick_end = 0.0  # the end of the latest batch's tick (event-loop time): batches keep its cadence
 
     def submit(self, session: Session, data: bytes, on_done: Callable[[Ticket], None]) -> Ticket:
         """Queue a `batched` session's audio; `on_done(ticket)` follows on the event loop with its actions."""
@@ -79,14 +86,20 @@ class FrontEnd:
             asyncio.get_running_loop().create_task(self._run_batches())
         return ticket
 
+    @staticmethod
+    def extend(ticket: Ticket, data: bytes) -> bool:
+        """Add a session's next audio to its ticket while it waits for its batch and has room."""
+        if ticket.state is not State.WAITING or sum(map(len, ticket.chunks)) + len(data) > GATHER_MAX_BYTES:
+            return False
+        ticket.chunks.append(data)
+        return True
+
     async def _run_batches(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            if self._last_batch > 1:
-                await asyncio.sleep(VAD_TICK_S)  # let the other streams' audio of this tick join the batch
             while self._waiting:
-                if self._last_batch > 1:  # at most one batch per tick: what came meanwhile waits for its tick
-                    await asyncio.sleep(self._tick_end - loop.time())
+                if self._last_batch > 1:  # the next tick: the other streams' audio of this tick joins
+                    await asyncio.sleep((self._tick_end - loop.time()) % VAD_TICK_S)
                 self._tick_end = loop.time() + VAD_TICK_S
                 batch: dict[Session, Ticket] = {}
                 later: list[Ticket] = []
@@ -145,7 +158,10 @@ class FrontEnd:
             except Exception as exc:  # a bug in one session: its stream fails, the others go on
                 ticket.error = exc
             ticket.session.add_processing_time(time.perf_counter() - ticket.submitted)
-        ticket.on_done(ticket)
+        try:
+            ticket.on_done(ticket)
+        except Exception:  # the owner's bug: the other tickets of the batch still get theirs
+            log.exception("front end: a ticket's owner failed")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

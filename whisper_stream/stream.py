@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from whisper_stream import messages, metrics
 from whisper_stream.config import ConfigError, StreamConfig, parse_metadata
 from whisper_stream.engines.interface import TranscribeResult
-from whisper_stream.frontend import FrontEnd, Ticket, batched
+from whisper_stream.frontend import GATHER_MAX_BYTES, FrontEnd, Ticket, batched
 from whisper_stream.scheduler import Job, Scheduler
 from whisper_stream.session import Action, Close, Event, Send, Session, Transcribe
 from whisper_stream.vad import SileroModel
@@ -84,7 +84,9 @@ class Limits:
     # unprocessed audio per stream; partials stop at half, beyond -> 1013. An unpaced upload stays far below:
     # the inbox (<= max_frame_bytes, ~32 s) plus max_finals_in_flight utterances is all a stream can hold.
     max_lag_s: float = 120.0
-    max_finals_in_flight: int = 4  # audio is not read while this many finals are unanswered
+    # audio is not read while this many finals are unanswered (one more can come from the <= 0.5 s of audio
+    # already in the front end: `GATHER_MAX_BYTES`)
+    max_finals_in_flight: int = 4
     send_timeout_s: float = 30.0  # a client that does not read for this long is closed (1008)
     drain_timeout_s: float = 25.0  # on SIGTERM, time for the streams' last finals before 1001
     close_timeout_s: float = 2.0  # a peer that does not answer our close frame is dropped after this
@@ -354,6 +356,7 @@ class _Audio:
 
     ticket: Ticket
     nbytes: int = 0  # inbox bytes it holds until done (the messages it carries)
+    audio_bytes: int = 0  # the audio it carries
     outs: list[Out] | None = None  # the protocol's outs for the ticket's actions, once done
 
 
@@ -362,9 +365,9 @@ class _StreamLoop:
 
     Audio takes a fast path: when nothing is queued before it, the reader hands a binary frame straight to
     the front end, whose tick applies it; the loop wakes only when that produced something to send. Every
-    other message goes through the inbox. A message is applied only once the audio before it has been (so
-    the finals cap is exact and a control message sees all audio sent before it). `_outs` holds what is
-    owed to the client in the order the session produced it."""
+    other message goes through the inbox. A control message is applied only once all audio before it has
+    been; audio is taken while the front end holds at most `GATHER_MAX_BYTES` of this stream's. `_outs`
+    holds what is owed to the client in the order the session produced it."""
 
     def __init__(self, transport: Transport, runtime: Runtime, protocol: StreamProtocol) -> None:
         self.transport, self.runtime, self.protocol = transport, runtime, protocol
@@ -379,7 +382,8 @@ class _StreamLoop:
         self._reader_done = False
         self._drain = False
         self._lag_failed = False
-        self._in_frontend = 0  # tickets not yet applied: audio waits behind them (the finals cap is exact)
+        self._in_frontend = 0  # tickets not yet applied: a control message waits behind them
+        self._frontend_bytes = 0  # their audio: more audio waits while that is over GATHER_MAX_BYTES
         self._final_asked: dict[int, float] = {}  # utterance number -> when its final was requested
         self._open = True
         self._heard = self._audio_heard = time.monotonic()  # the idle clocks: any message, audio
@@ -415,7 +419,6 @@ class _StreamLoop:
                     self._space.clear()  # TCP backpressure: nothing more is read until the loop catches up
                 self._heard = time.monotonic()
                 if self._fast_path(message):
-                    self._audio_heard = self._heard
                     self._take(self.protocol.on_frame(message, time.time()), size)
                 else:
                     self._inbox.append(message)
@@ -429,13 +432,18 @@ class _StreamLoop:
         return (
             isinstance(message, bytes)
             and not self._inbox
-            and not self._in_frontend
             and self._open
             and not self._drain
             and len(message) <= self.limits.max_frame_bytes
             and self._accepting_audio()
+            and self._audio_room(message)
             and self._finals_in_flight() < self.limits.max_finals_in_flight
         )
+
+    def _audio_room(self, message: bytes) -> bool:
+        """Audio is taken while the front end holds little of this stream's (small frames keep flowing
+        while a batch runs); a large message waits until the audio before it has been applied."""
+        return not self._in_frontend or self._frontend_bytes + len(message) <= GATHER_MAX_BYTES
 
     def _on_result(self, session: Session, rid: int) -> Any:
         def callback(result: TranscribeResult | None, error: str | None, timing: Any) -> None:
@@ -494,14 +502,26 @@ class _StreamLoop:
                 self._outs.append((session, action))
                 continue
             assert session is not None
+            if session.accepting_audio:
+                self._audio_heard = time.monotonic()  # audio, not only keep-alives (any protocol's)
             if not (session.accepting_audio and batched(session)):  # an error, or a test's own VAD: now
                 actions = session.feed_audio(action.data, time.time())
                 self._outs.extend(self.protocol.on_actions(session, actions))
                 inline = True
                 continue
-            holder = _Audio(self.runtime.frontend.submit(session, action.data, self._audio_done))
-            self._in_frontend += 1
-            self._outs.append(holder)
+            self._frontend_bytes += len(action.data)
+            last = self._outs[-1] if self._outs else None
+            if (
+                isinstance(last, _Audio)
+                and last.ticket.session is session
+                and self.runtime.frontend.extend(last.ticket, action.data)
+            ):
+                holder = last
+            else:
+                holder = _Audio(self.runtime.frontend.submit(session, action.data, self._audio_done))
+                self._in_frontend += 1
+                self._outs.append(holder)
+            holder.audio_bytes += len(action.data)
         if inline:
             self._outs.extend(self._lag_check())
         if holder is not None:
@@ -533,11 +553,14 @@ class _StreamLoop:
         else:
             return  # the stream is gone
         self._in_frontend -= 1
+        self._frontend_bytes -= item.audio_bytes
         self._release(item.nbytes)
         item.nbytes = 0
-        item.outs = [] if ticket.error else self.protocol.on_actions(ticket.session, ticket.actions)
-        if not ticket.error:
-            item.outs += self._lag_check()
+        try:
+            if ticket.error is None:
+                item.outs = self.protocol.on_actions(ticket.session, ticket.actions) + self._lag_check()
+        except Exception as exc:  # a bug: this stream fails (when the loop reaches it), the others go on
+            ticket.error = exc
         self._settle()
 
     def _settle(self) -> None:
@@ -549,8 +572,8 @@ class _StreamLoop:
         head = outs[0] if outs else None
         if head is not None and (not isinstance(head, _Audio) or head.ticket.done):
             self._wake.set()
-        elif not self._in_frontend and (self._inbox or self._drain or self._reader_done):
-            self._wake.set()
+        elif self._inbox or (not self._in_frontend and (self._drain or self._reader_done)):
+            self._wake.set()  # (the inbox: there may be room for its audio now)
 
     @staticmethod
     def _has_work(item: _Audio) -> bool:
@@ -593,8 +616,6 @@ class _StreamLoop:
                 continue
             if self._inbox and self._may_apply(self._inbox[0], head is None and not self._in_frontend):
                 message = self._inbox.popleft()
-                if isinstance(message, bytes) and self._accepting_audio():
-                    self._audio_heard = time.monotonic()
                 self._handle(message)
                 continue
             if self._reader_done and not self._inbox and not self._in_frontend:
@@ -629,9 +650,9 @@ class _StreamLoop:
         while finals are below their cap (or it is refused anyway)."""
         if isinstance(message, str):
             return nothing_owed
-        if self._in_frontend:
-            return False
-        return self._finals_in_flight() < self.limits.max_finals_in_flight or not self._accepting_audio()
+        if not self._accepting_audio():
+            return not self._in_frontend  # refused with an error, after the audio before it
+        return self._audio_room(message) and self._finals_in_flight() < self.limits.max_finals_in_flight
 
     def _handle(self, message: str | bytes) -> None:
         protocol, limits, now = self.protocol, self.limits, time.time()

@@ -1,11 +1,15 @@
 """The stream driver's audio fast path, through a real in-process server with real Silero (a stand-in engine
-answers "hello"): paced audio never wakes the stream's loop message by message, a control message sent right
-after audio sees all of it, and an engine result is delivered while audio keeps streaming."""
+answers "hello"): paced audio never wakes the stream's loop message by message, streams sending 20 ms frames
+keep up, a control message sent right after audio sees all of it, an engine result is delivered while audio
+keeps streaming, a bug in one stream's audio path fails that stream only, and audio sent as OpenAI's text
+events counts as audio for the idle clock."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -27,10 +31,11 @@ FRAME_BYTES = 1024  # 32 ms of 16 kHz s16le
 
 
 @contextlib.asynccontextmanager
-async def served() -> AsyncIterator[tuple[str, Runtime]]:
+async def served(**limits: float) -> AsyncIterator[tuple[str, Runtime]]:
     s = ServerSettings(host="127.0.0.1", port=free_port(), engine="null")
     engine = SlowEngine(0.05)
     runtime = build_runtime(s, engine)
+    runtime.limits = dataclasses.replace(runtime.limits, **limits)
     server = await start_server(s, runtime)
     try:
         yield f"ws://127.0.0.1:{s.port}/v1/websocket", runtime
@@ -111,3 +116,69 @@ async def test_a_final_is_delivered_while_audio_keeps_streaming(speech):
                 if reply.get("is_final") and first_final_at is None:
                     first_final_at = n * FRAME_BYTES
     assert first_final_at is not None and first_final_at < len(pcm) - len(one) // 2, first_final_at
+
+
+async def test_streams_sending_20_ms_frames_keep_up(speech):
+    """Half of such frames complete no 32 ms VAD frame; while a batch runs, a stream's next frames gather."""
+    pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path))[: 16000 * 2 * 6]
+    step = 640  # 20 ms
+    async with served() as (url, runtime):
+        clients = [await websockets.connect(url) for _ in range(4)]
+        for ws in clients:
+            await ws.send(json.dumps(metadata()))
+        started = time.monotonic()
+        for k, i in enumerate(range(0, len(pcm), step)):
+            for ws in clients:
+                await ws.send(pcm[i : i + step])
+            await asyncio.sleep(max(0.0, started + (k + 1) * 0.02 - time.monotonic()))
+        await asyncio.sleep(0.1)
+        behind = [len(pcm) / 32000 - s.protocol.sessions[0].received_s for s in runtime.streams]
+        for ws in clients:
+            await ws.close()
+    assert len(behind) == 4 and max(behind) < 0.25, behind  # was 0.3 s behind after 6 s, and growing
+
+
+async def test_a_bug_in_one_streams_audio_path_fails_that_stream_only(speech, monkeypatch):
+    pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + bytes(32000)
+    original = stream_module.BasetenProtocol.on_actions
+
+    def on_actions(self, session, actions):
+        if session.stream_id == "doomed" and actions:
+            raise RuntimeError("a bug")
+        return original(self, session, actions)
+
+    monkeypatch.setattr(stream_module.BasetenProtocol, "on_actions", on_actions)
+    async with served() as (url, _):
+        doomed, healthy = await websockets.connect(url), await websockets.connect(url)
+        await doomed.send(json.dumps({**metadata(), "stream_id": "doomed"}))
+        await healthy.send(json.dumps(metadata()))
+        for i in range(0, len(pcm), FRAME_BYTES):  # in the same batches
+            with contextlib.suppress(websockets.ConnectionClosed):  # closed by the server meanwhile
+                await doomed.send(pcm[i : i + FRAME_BYTES])
+            await healthy.send(pcm[i : i + FRAME_BYTES])
+            await asyncio.sleep(0.004)
+        error = json.loads(await asyncio.wait_for(doomed.recv(), 10))
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(doomed.recv(), 10)
+        final = json.loads(await asyncio.wait_for(healthy.recv(), 10))
+        await healthy.close()
+    assert error["type"] == "error" and "internal error" in error["body"]["message"]
+    assert doomed.close_code == 1011
+    assert final["type"] == "transcription" and final["is_final"], final
+
+
+async def test_openai_audio_events_count_as_audio_for_the_idle_clock():
+    """Audio appended as text events for longer than audio_idle_timeout_s: the stream stays open."""
+    async with served(audio_idle_timeout_s=1.0) as (url, _):
+        base = url.rsplit("/v1/", 1)[0]
+        async with websockets.connect(f"{base}/v1/realtime?intent=transcription") as ws:
+            append = {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(960)).decode()}
+            for _ in range(100):  # 2 s of 20 ms chunks (24 kHz s16le)
+                await ws.send(json.dumps(append))
+                await asyncio.sleep(0.02)
+            await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            while True:  # was: closed with 1008 "no audio for 1 s" after 1 s
+                event = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert event["type"] != "error", event
+                if event["type"] == "input_audio_buffer.cleared":
+                    break

@@ -10,7 +10,7 @@ import pytest
 
 from client.speech import load_audio, to_pcm16
 from whisper_stream.config import parse_metadata
-from whisper_stream.frontend import FrontEnd, Ticket
+from whisper_stream.frontend import GATHER_MAX_BYTES, FrontEnd, Ticket
 from whisper_stream.session import Session, Transcribe
 from whisper_stream.vad import SileroModel
 
@@ -144,3 +144,39 @@ async def test_a_cancelled_ticket_is_never_applied(model, speech):
     finally:
         front.close()
     assert finished == [other] and s.received_s == 0
+
+
+async def test_audio_joins_a_waiting_ticket_up_to_its_bound(model, speech):
+    front = FrontEnd(model)
+    pcm = to_pcm16(load_audio(speech["ls_1089-134686-0001"].path))
+    s, finished = session(model), []
+    try:
+        ticket = front.submit(s, pcm[:FRAME_BYTES], finished.append)
+        assert front.extend(ticket, pcm[FRAME_BYTES : 2 * FRAME_BYTES])  # still waiting for its batch
+        assert not front.extend(ticket, bytes(GATHER_MAX_BYTES))  # over the bound: a ticket of its own
+        while not finished:
+            await asyncio.sleep(0.01)
+        assert not front.extend(ticket, pcm[2 * FRAME_BYTES : 3 * FRAME_BYTES])  # applied: too late
+    finally:
+        front.close()
+    assert s.received_s == pytest.approx(2 * FRAME_BYTES / 2 / 16000)
+
+
+async def test_an_owner_that_fails_does_not_stop_the_batch(model, speech):
+    front = FrontEnd(model)
+    pcm = to_pcm16(load_audio(speech["ls_1089-134686-0001"].path))[: 10 * FRAME_BYTES]
+    finished: list[Ticket] = []
+
+    def broken(ticket: Ticket) -> None:
+        raise RuntimeError("the owner's bug")
+
+    try:
+        front.submit(session(model), pcm, broken)
+        other = front.submit(session(model), pcm, finished.append)  # the same batch
+        for _ in range(200):
+            if finished:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        front.close()
+    assert finished == [other]

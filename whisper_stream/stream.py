@@ -510,13 +510,9 @@ class _StreamLoop:
                 inline = True
                 continue
             self._frontend_bytes += len(action.data)
-            last = self._outs[-1] if self._outs else None
-            if (
-                isinstance(last, _Audio)
-                and last.ticket.session is session
-                and self.runtime.frontend.extend(last.ticket, action.data)
-            ):
-                holder = last
+            waiting = self._waiting_audio(session)
+            if waiting is not None and self.runtime.frontend.extend(waiting.ticket, action.data):
+                holder = waiting
             else:
                 holder = _Audio(self.runtime.frontend.submit(session, action.data, self._audio_done))
                 self._in_frontend += 1
@@ -529,6 +525,16 @@ class _StreamLoop:
         else:
             self._release(nbytes)
         self._settle()
+
+    def _waiting_audio(self, session: Session) -> _Audio | None:
+        """The session's latest audio in the trailing run of audio still in the front end (other channels'
+        audio of the same messages may follow it): where its next audio may join."""
+        for item in reversed(self._outs):
+            if not isinstance(item, _Audio) or item.ticket.done:
+                return None
+            if item.ticket.session is session:
+                return item
+        return None
 
     def _take_now(self, outs: list[Out]) -> None:
         """Outs the session produced now, ahead of audio it has not applied yet (an engine result's)."""

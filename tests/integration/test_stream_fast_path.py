@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 import websockets
 
@@ -182,3 +183,31 @@ async def test_openai_audio_events_count_as_audio_for_the_idle_clock():
                 assert event["type"] != "error", event
                 if event["type"] == "input_audio_buffer.cleared":
                     break
+
+
+async def test_a_multichannel_stream_sending_10_ms_frames_keeps_up(speech):
+    """Deepgram, two channels: each message is audio for two sessions; each channel's next frames still
+    join the audio of that channel waiting for its batch."""
+    mono = to_pcm16(load_audio(speech["ls_61-70968-0000"].path))[: 16000 * 2 * 4]
+    samples = np.frombuffer(mono, dtype="<i2")
+    stereo = np.stack([samples, samples], axis=1).astype("<i2").tobytes()
+    step = 640  # 10 ms of two 16 kHz s16le channels
+    async with served() as (url, runtime):
+        base = url.rsplit("/v1/", 1)[0]
+        query = "encoding=linear16&sample_rate=16000&channels=2&multichannel=true"
+        others = [await websockets.connect(url) for _ in range(3)]  # batches hold several streams
+        for ws in others:
+            await ws.send(json.dumps(metadata()))
+        async with websockets.connect(f"{base}/v1/listen?{query}") as ws:
+            started = time.monotonic()
+            for k, i in enumerate(range(0, len(stereo), step)):
+                await ws.send(stereo[i : i + step])
+                for other in others:
+                    await other.send(mono[i // 2 : i // 2 + step // 2])
+                await asyncio.sleep(max(0.0, started + (k + 1) * 0.01 - time.monotonic()))
+            await asyncio.sleep(0.1)
+            (deepgram,) = [s for s in runtime.streams if len(s.protocol.sessions) == 2]
+            behind = [len(mono) / 32000 - s.received_s for s in deepgram.protocol.sessions]
+        for other in others:
+            await other.close()
+    assert max(behind) < 0.25, behind

@@ -99,9 +99,12 @@ class FrontEnd:
         loop = asyncio.get_running_loop()
         try:
             while self._waiting:
+                now = loop.time()
                 if self._last_batch > 1:  # the next tick: the other streams' audio of this tick joins
-                    await asyncio.sleep((self._tick_end - loop.time()) % VAD_TICK_S)
-                self._tick_end = loop.time() + VAD_TICK_S
+                    wait = (self._tick_end - now) % VAD_TICK_S
+                    await asyncio.sleep(wait)
+                    now += wait  # the tick's own time: a late wake-up does not shift the cadence
+                self._tick_end = now + VAD_TICK_S
                 batch: dict[Session, Ticket] = {}
                 later: list[Ticket] = []
                 for ticket in self._waiting:

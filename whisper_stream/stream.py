@@ -183,6 +183,10 @@ class StreamProtocol(Protocol):
 
     def on_frame(self, frame: str | bytes, now: float) -> list[Out]: ...
 
+    # a text frame that only carries audio (OpenAI's append): like a binary frame, it need not wait until the
+    # audio before it has been applied
+    def audio_only(self, frame: str) -> bool: ...
+
     def on_actions(self, session: Session, actions: list[Action]) -> list[Out]: ...  # after its Audio
 
     def on_result(
@@ -214,6 +218,9 @@ class BasetenProtocol:
         if isinstance(frame, bytes):
             return [(self.session, Audio(frame))]
         return [(self.session, a) for a in self.session.handle_text(frame, now)]
+
+    def audio_only(self, frame: str) -> bool:
+        return False
 
     def on_actions(self, session: Session, actions: list[Action]) -> list[Out]:
         return [(session, a) for a in actions]
@@ -380,6 +387,7 @@ class _StreamLoop:
         self._space = asyncio.Event()  # the inbox has room again
         self._space.set()
         self._reader_done = False
+        self._reader_error: Exception | None = None
         self._drain = False
         self._lag_failed = False
         self._in_frontend = 0  # tickets not yet applied: a control message waits behind them
@@ -425,6 +433,9 @@ class _StreamLoop:
                     self._wake.set()
         except TransportClosed:
             self._reader_done = True
+            self._wake.set()
+        except Exception as exc:  # a bug on the fast path: the loop fails the stream with it
+            self._reader_error = exc
             self._wake.set()
 
     def _fast_path(self, message: str | bytes) -> bool:
@@ -601,6 +612,8 @@ class _StreamLoop:
     async def _loop(self) -> None:
         protocol, limits = self.protocol, self.limits
         while self._open and (self._outs or not protocol.finished):  # a finished one still sends its last
+            if self._reader_error is not None:
+                raise self._reader_error
             head = self._outs[0] if self._outs else None
             if isinstance(head, _Audio) and head.ticket.done:
                 self._outs.popleft()
@@ -652,9 +665,10 @@ class _StreamLoop:
                 pass
 
     def _may_apply(self, message: str | bytes, nothing_owed: bool) -> bool:
-        """A message once the audio before it has been applied (a text one: and its outs sent); audio only
-        while finals are below their cap (or it is refused anyway)."""
-        if isinstance(message, str):
+        """A control message once the audio before it has been applied and its outs sent; audio (binary, or
+        text that only carries audio) while the front end has room for it and finals are below their cap (or
+        it is refused anyway)."""
+        if isinstance(message, str) and not self.protocol.audio_only(message):
             return nothing_owed
         if not self._accepting_audio():
             return not self._in_frontend  # refused with an error, after the audio before it

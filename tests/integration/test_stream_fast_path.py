@@ -211,3 +211,40 @@ async def test_a_multichannel_stream_sending_10_ms_frames_keeps_up(speech):
         for other in others:
             await other.close()
     assert max(behind) < 0.25, behind
+
+
+async def test_openai_streams_appending_10_ms_chunks_keep_up():
+    """OpenAI's audio comes as text events: an append need not wait until the audio before it is applied."""
+    chunk = base64.b64encode(bytes(480)).decode()  # 10 ms of 24 kHz s16le
+    append = json.dumps({"type": "input_audio_buffer.append", "audio": chunk})
+    async with served() as (url, runtime):
+        base = url.rsplit("/v1/", 1)[0]
+        clients = [await websockets.connect(f"{base}/v1/realtime?intent=transcription") for _ in range(4)]
+        started = time.monotonic()
+        for k in range(400):  # 4 s
+            for ws in clients:
+                await ws.send(append)
+            await asyncio.sleep(max(0.0, started + (k + 1) * 0.01 - time.monotonic()))
+        await asyncio.sleep(0.1)
+        behind = [4.0 - s.protocol.sessions[0].received_s for s in runtime.streams]
+        for ws in clients:
+            await ws.close()
+    assert len(behind) == 4 and max(behind) < 0.25, behind  # was 2.6 s behind after 5 s, and growing
+
+
+async def test_a_bug_on_the_fast_path_fails_the_stream_at_once(monkeypatch):
+    original = stream_module.BasetenProtocol.on_frame
+
+    def on_frame(self, frame, now):
+        if isinstance(frame, bytes) and frame == b"boom":
+            raise RuntimeError("a bug")
+        return original(self, frame, now)
+
+    monkeypatch.setattr(stream_module.BasetenProtocol, "on_frame", on_frame)
+    async with served() as (url, _), websockets.connect(url) as ws:
+        await ws.send(json.dumps(metadata()))
+        await ws.send(b"boom")
+        error = json.loads(await asyncio.wait_for(ws.recv(), 5))  # was: nothing until the idle timeout
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+    assert error["type"] == "error" and ws.close_code == 1011

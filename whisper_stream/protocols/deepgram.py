@@ -363,6 +363,9 @@ class DeepgramProtocol:
             outs.append((session, Audio(frames[:, i, :].tobytes())))
         return outs
 
+    def audio_only(self, frame: str) -> bool:
+        return False
+
     def on_actions(self, session: Session, actions: list[Any]) -> list[Out]:
         return self._wrap(session, actions)
 

@@ -66,6 +66,7 @@ class OpenAIRealtimeProtocol:
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
+        self._parsed: tuple[str, Any] | None = None  # the latest frame and its JSON (`_parse`)
         self.id = "sess_" + uuid.uuid4().hex[:20]
         self._fields: dict[str, Any] = {
             "format": {"type": "audio/pcm", "rate": 24000},
@@ -236,7 +237,7 @@ class OpenAIRealtimeProtocol:
                 self._error("binary frames are not accepted: send input_audio_buffer.append events", None)
             ]
         try:
-            msg = json.loads(frame)
+            msg = self._parse(frame)
         except ValueError:
             return [self._error("the event is not valid JSON", None, code="invalid_json")]
         if not isinstance(msg, dict):
@@ -302,6 +303,20 @@ class OpenAIRealtimeProtocol:
         self._audio_seen = True
         self._appended += len(data)
         return [(self.session, Audio(data))]
+
+    def audio_only(self, frame: str) -> bool:
+        """An `input_audio_buffer.append`: it may be taken before the audio before it is applied."""
+        try:
+            msg = self._parse(frame)
+        except (ValueError, RecursionError):  # on_frame answers it
+            return False
+        return isinstance(msg, dict) and msg.get("type") == "input_audio_buffer.append"
+
+    def _parse(self, frame: str) -> Any:
+        """A frame's JSON, parsed once for `audio_only` and then `on_frame` (the same frame, in turn)."""
+        if self._parsed is None or self._parsed[0] is not frame:
+            self._parsed = (frame, json.loads(frame))
+        return self._parsed[1]
 
     def on_actions(self, session: Session, actions: list[Any]) -> list[Out]:
         return self._wrap(actions)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -40,10 +41,14 @@ class SlowEngine(NullEngine):
 
 
 @contextlib.asynccontextmanager
-async def served(delay_s: float, **settings) -> AsyncIterator[tuple[str, Runtime]]:
+async def served(
+    delay_s: float, limits: dict | None = None, **settings
+) -> AsyncIterator[tuple[str, Runtime]]:
+    """A real server on the stand-in engine; `limits` overrides `Limits` fields no server setting reaches."""
     s = ServerSettings(host="127.0.0.1", port=free_port(), engine="null", **settings)
     engine = SlowEngine(delay_s)
     runtime = build_runtime(s, engine)
+    runtime.limits = dataclasses.replace(runtime.limits, **(limits or {}))
     server = await start_server(s, runtime)
     try:
         yield f"ws://127.0.0.1:{s.port}/v1/websocket", runtime

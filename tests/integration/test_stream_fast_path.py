@@ -9,42 +9,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 import websockets
 
-from client.local_server import free_port
 from client.protocol import metadata
 from client.speech import load_audio, to_pcm16
-from tests.integration.test_admission_and_drain import SlowEngine
+from tests.integration.test_admission_and_drain import served as served_by_stand_in
 from whisper_stream import stream as stream_module
 from whisper_stream.frontend import FrontEnd
-from whisper_stream.server import build_runtime, start_server
-from whisper_stream.settings import ServerSettings
-from whisper_stream.stream import Runtime
 
 FRAME_BYTES = 1024  # 32 ms of 16 kHz s16le
 
 
-@contextlib.asynccontextmanager
-async def served(**limits: float) -> AsyncIterator[tuple[str, Runtime]]:
-    s = ServerSettings(host="127.0.0.1", port=free_port(), engine="null")
-    engine = SlowEngine(0.05)
-    runtime = build_runtime(s, engine)
-    runtime.limits = dataclasses.replace(runtime.limits, **limits)
-    server = await start_server(s, runtime)
-    try:
-        yield f"ws://127.0.0.1:{s.port}/v1/websocket", runtime
-    finally:
-        engine.release.set()
-        server.close()
-        await server.wait_closed()
-        await runtime.scheduler.stop()
+def served(**limits: float):
+    """The stand-in engine answering after 50 ms; `limits` overrides `Limits` fields."""
+    return served_by_stand_in(0.05, limits)
 
 
 @pytest.fixture

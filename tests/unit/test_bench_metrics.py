@@ -238,4 +238,6 @@ def test_full_load_window_runs_from_the_last_stream_start_to_the_first_stream_en
     assert window.end == end and window.window_s is not None and window.window_s > 0
     assert window.core_percent_per_stream is not None and window.core_percent_per_stream >= 0
     loop_thread = window.loop_thread_percent_per_stream
-    assert loop_thread is not None and 0 < loop_thread <= window.core_percent_per_stream + 1e-9
+    # /proc counts CPU in clock ticks and the two are read one after the other: one tick each may differ
+    tick_percent = 100 / os.sysconf("SC_CLK_TCK") / window.window_s / 2  # one tick, per stream
+    assert loop_thread is not None and 0 < loop_thread <= window.core_percent_per_stream + 2 * tick_percent

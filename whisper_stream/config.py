@@ -55,6 +55,10 @@ class StreamingParams(_Strict):
     # Our addition: decode an utterance's final from its first silent frame, sent once the endpoint or a
     # flush confirms it (dropped if speech resumes). Off: the final is decoded only after the endpoint.
     speculative_finals: bool = True
+    # Our addition: once a final holds this many seconds, a pause of `session.PAUSE_FINAL_MS` also closes it
+    # (the utterance goes on in the next final), so the final covering a long utterance's end holds only its
+    # last few seconds. 0: finals end only at the endpoint, a flush or the maximum duration.
+    pause_final_after_s: float = Field(4.0, ge=0.0, le=30.0)
 
     @field_validator("final_transcript_max_duration_s")
     @classmethod

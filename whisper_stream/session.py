@@ -20,6 +20,14 @@ the VAD calls silence closes the segment at the speculative window, so it needs 
 less speech than `MIN_SPEECH_FRAMES` leaves the segment open: its audio joins the next flush or endpoint
 instead of being lost.
 
+Pause finals (`streaming_params.pause_final_after_s`, 4 s by default): once a segment holds that much audio,
+a pause of `PAUSE_FINAL_MS` closes it too, at the same window a speculative final was started for, and the
+utterance goes on in the next segment (`continues`, cause "pause"). A final's decode grows with its length, so
+the final covering a long utterance's end then holds only its last few seconds. The endpoint itself does not
+move: when the pause grows into the endpoint with no speech after the cut, the last piece takes the endpoint's
+cause (still to be sent) or an empty `final_empty` event carries it (already sent), so turn-level signals such
+as Deepgram's `speech_final` still come once per utterance.
+
 Memory per stream is bounded: the audio buffer holds at most the maximum segment plus padding (about 2 MB
 for 30 s), and at most one partial is in flight.
 """
@@ -46,12 +54,16 @@ from whisper_stream.vad import FRAME, SpeechProbability
 log = logging.getLogger(__name__)
 
 MIN_SPEECH_FRAMES = 5  # less speech than 160 ms is a click or a breath, not a word: never sent to Whisper
+# A pause this long ends a segment that reached `pause_final_after_s`: Silero's own rule for splitting long
+# speech (`min_silence_at_max_speech`, 98 ms). On the 14 English recordings of data/, cutting at 100 ms pauses
+# after 4 s left WER unchanged (13.9 %), after 3 s it rose to 15.0 % (README, Time to final).
+PAUSE_FINAL_MS = 100
 CUT_SEARCH_S = 3.0  # a forced cut looks for the quietest frame within the last seconds of the segment
 TRACE_ID_CHARS = 256  # a trace_id is echoed back: longer ones are refused, not echoed
 PREVIOUS_TEXT_CHARS = 600  # bound on the previous finals used as prompt (~150 tokens, half Whisper's limit)
 
 
-Cause = Literal["endpoint", "finalize", "max_duration", "end_of_audio"]
+Cause = Literal["endpoint", "finalize", "max_duration", "pause", "end_of_audio"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ class Transcribe:
     start_s: float
     end_s: float
     urgent: bool = False  # a final a client's flush asked for: ahead of every other queued job
-    continues: bool = False  # a final cut at the maximum duration: the utterance goes on in the next one
+    continues: bool = False  # a final cut at the maximum duration or a pause: the utterance goes on
 
 
 @dataclass(frozen=True)
@@ -199,6 +211,7 @@ class Session:
         self._spec: _Spec | None = None
         self._spec_run: int | None = None  # silence run the latest speculative final was started for
         self._promoted: dict[int, Transcribe] = {}  # confirmed speculative finals whose result is awaited
+        self._last_piece: tuple[int, _Pending] | None = None  # the open utterance's latest cut final
         self._delivery: InOrder[_Done, _Done] = InOrder()
         self._covered_s = 0.0  # end of the audio the latest sent transcription covers
         self._speech_end: int | None = None  # end of the latest utterance, until utterance_end is reported
@@ -219,6 +232,8 @@ class Session:
         self._utterance_end = None if utterance_end_ms is None else utterance_end_ms * SAMPLE_RATE // 1000
         self._pad = v.speech_pad_ms * SAMPLE_RATE // 1000
         self._max_samples = int(s.final_transcript_max_duration_s * SAMPLE_RATE)
+        self._pause_after = int(s.pause_final_after_s * SAMPLE_RATE)
+        self._pause_frames = silence_frames(PAUSE_FINAL_MS)
         self._partials = s.enable_partial_transcripts
         self._partial_every = int(s.partial_transcript_interval_s * SAMPLE_RATE)
         self._skip_hallucinated_partials = s.skip_partial_if_hallucination
@@ -284,6 +299,7 @@ class Session:
             self._floor = self._buf_end
             self._segment += 1
             self._utterance_language = None
+            self._last_piece = None
             self._apply_pending()
         self._trim(self._buf_end - self._pad)
         return []
@@ -597,10 +613,13 @@ class Session:
             actions += self._forced_cut()
         if self._speculate and self._ep.silence_start is not None and not self._ending:
             actions += self._maybe_speculate(self._ep.silence_start)
+        if self._pause_due():
+            actions += self._pause_cut()
         self._since_partial += FRAME
         if (
             self._partials
             and self._ep.in_speech
+            and self._ep.speech_frames >= MIN_SPEECH_FRAMES  # not a segment of silence after a cut
             and self._partial_inflight is None
             and self._since_partial >= self._partial_every
             and not self._ending
@@ -641,7 +660,9 @@ class Session:
         quietest = n - 1 - search + int(np.argmin(window)) if search else n - 1
         cut = first_frame_start + quietest * FRAME + FRAME // 2
         cut = max(self._seg_start + SAMPLE_RATE, min(cut, self._buf_end))
-        actions = [self._request("final", self._seg_start, cut, continues=True, cause="max_duration")]
+        t = self._request("final", self._seg_start, cut, continues=True, cause="max_duration")
+        actions: list[Action] = [t]
+        self._last_piece = (t.request_id, self._inflight[t.request_id])
         self._floor = cut
         self._segment += 1
         self._seg_start = cut
@@ -679,32 +700,109 @@ class Session:
     ) -> list[Action]:
         start = self._seg_start
         speech_frames = self._ep.speech_frames
-        spec, self._spec = self._spec, None
-        confirmed = (
-            spec is not None
-            and (spec.start, spec.end) == (start, end)
-            and (spec.transcribe.request.options, spec.pending.known_language) == self._options_for("final")
-        )
-        if spec is not None and not confirmed:
-            self._inflight.pop(spec.transcribe.request_id, None)
         self._ep.close()
         self._frame_probs = []
         self._floor = end
         actions: list[Action] = []
         ready: list[_Done] = []
-        if speech_frames >= MIN_SPEECH_FRAMES:
-            if spec is not None and confirmed:
-                spec.pending.cause = cause
-                ready = self._confirm(spec, flush, urgent)
-                self._segment += 1
-            elif end > start:
-                actions.append(self._request("final", start, end, flush=flush, urgent=urgent, cause=cause))
-                self._segment += 1
+        if speech_frames >= MIN_SPEECH_FRAMES and end > start:
+            actions, ready = self._final(start, end, flush=flush, urgent=urgent, cause=cause)
+            self._segment += 1
             self._speech_end = end
+        else:
+            self._drop_spec()
+            if self._last_piece is not None:  # only silence (or a click) after a cut: its final ends the turn
+                actions += self._piece_ends_utterance(cause, flush)
+                self._speech_end = end
+        self._last_piece = None
         self._utterance_language = None
         self._trim(max(end, self._buf_end - self._pad))
         self._apply_pending()
         return actions + (self._deliver(ready, 0.0) if ready else [])
+
+    def _final(
+        self,
+        start: int,
+        end: int,
+        *,
+        flush: bool = False,
+        urgent: bool = False,
+        cause: Cause | None = None,
+        continues: bool = False,
+    ) -> tuple[list[Action], list[_Done]]:
+        """The final of [start, end): the speculative decode if it has exactly this window and these options
+        (-> finals ready to leave), else a new request (-> its action)."""
+        spec, self._spec = self._spec, None
+        if (
+            spec is not None
+            and (spec.start, spec.end) == (start, end)
+            and (spec.transcribe.request.options, spec.pending.known_language) == self._options_for("final")
+        ):
+            spec.pending.cause, spec.pending.continues = cause, continues
+            self._last_piece = (spec.transcribe.request_id, spec.pending) if continues else None
+            return [], self._confirm(spec, flush, urgent)
+        if spec is not None:
+            self._inflight.pop(spec.transcribe.request_id, None)
+        t = self._request("final", start, end, flush=flush, urgent=urgent, cause=cause, continues=continues)
+        self._last_piece = (t.request_id, self._inflight[t.request_id]) if continues else None
+        return [t], []
+
+    def _pause_due(self) -> bool:
+        """Whether a pause of `PAUSE_FINAL_MS` has come in a segment of `pause_final_after_s` or more."""
+        s = self._ep.silence_start
+        return (
+            self._pause_after > 0
+            and self._end_on_silence  # client-committed turns: only the client ends a final
+            and s is not None
+            and not self._ending
+            and s - self._seg_start >= self._pause_after
+            and (self._buf_end - s) // FRAME >= self._pause_frames
+            and self._buf_end >= s + self._pad
+            and self._ep.speech_frames >= MIN_SPEECH_FRAMES
+        )
+
+    def _pause_cut(self) -> list[Action]:
+        """A long segment's final at a pause, at the window its speculative decode was started for; the
+        utterance goes on in the next segment, which starts with the pause's silence so far."""
+        s = self._ep.silence_start
+        assert s is not None
+        end = s + self._pad
+        actions, ready = self._final(self._seg_start, end, cause="pause", continues=True)
+        self._segment += 1
+        self._floor = self._seg_start = end
+        self._frame_probs = self._frame_probs[-((self._buf_end - s) // FRAME) :]
+        self._ep.speech_frames = 0  # the pause's frames are all below the threshold
+        self._since_partial = self._buf_end - end
+        self._trim(end)
+        return actions + (self._deliver(ready, 0.0) if ready else [])
+
+    def _piece_ends_utterance(self, cause: Cause | None, flush: bool) -> list[Action]:
+        """The utterance ended with nothing after its last cut. Still on its way, that piece becomes the
+        utterance's last final (the end's cause; the end_audio flush mark). Already sent: an empty final
+        carries the flush mark (as any flush final is marked, even empty), or, for protocols with turn
+        signals, an empty final event carries the cause."""
+        assert self._last_piece is not None
+        rid, piece = self._last_piece
+        piece.cause, piece.continues, piece.flush = cause, False, piece.flush or flush
+        if self._delivery.last() == rid:
+            return []
+        end_s = self._floor / SAMPLE_RATE
+        info = TranscriptInfo("final", self._segment, end_s, end_s, cause, False)
+        if flush:
+            language = self._last_language or piece.options.language or ""
+            msg = messages.transcription(
+                is_final=True,
+                number=self._segment,
+                segments=[],
+                language=language,
+                language_prob=None,
+                audio_length_s=0.0,
+                lag_s=0.0,
+                flush=True,
+            )
+            self._segment += 1
+            return [Send(msg, info)]
+        return [Event("final_empty", end_s, info)] if self._events else []
 
     def _utterance_end_event(self) -> list[Action]:
         """utterance_end once enough audio without speech followed the last utterance, its finals all sent."""
@@ -726,7 +824,9 @@ class Session:
         self._delivery.expect(rid)
         if spec.done is not None:
             return self._delivery.complete(rid, spec.done)
-        self._promoted[rid] = replace(spec.transcribe, kind="final", urgent=urgent)
+        self._promoted[rid] = replace(
+            spec.transcribe, kind="final", urgent=urgent, continues=spec.pending.continues
+        )
         return []
 
     def _options_for(

@@ -51,7 +51,9 @@ async def test_a_flush_after_silence_finds_the_final_already_decoded(server, spe
         yield json.dumps({"type": "finalize"})
         await asyncio.sleep(3.0)  # the final arrives before end_audio could make one
 
-    res = await stream_frames(server.url, meta(speculative, min_silence_ms=500), frames())
+    m = meta(speculative, min_silence_ms=500)
+    m["streaming_params"]["pause_final_after_s"] = 0  # 4.4 s of speech: no final at a pause before the flush
+    res = await stream_frames(server.url, m, frames())
     assert res.finished and not res.errors
     (flush_t, _), final = res.controls_sent[0], next(r for r in res.received if r.message.get("is_final"))
     after_flush = final.t - flush_t

@@ -122,6 +122,8 @@ class OpenAIRealtimeProtocol:
                 # an item is committed when its final is requested; a speculative decode may still be
                 # dropped, so this adapter keeps the plain path (its commit stays fast: an urgent final)
                 speculative_finals=False,
+                # an item is one turn, as turn_detection ends it: no finals at pauses inside it
+                pause_final_after_s=0.0,
             ),
             whisper_params=WhisperParams(audio_language=language, prompt=tr.get("prompt") or ""),
         )

@@ -22,7 +22,7 @@ ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
 .PHONY: help install client dev browser serve test lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
-	bench-load soak bench-frontend bench-memory bench-beam engine-docker truss-venv truss-stage truss-push \
+	bench-load soak bench-frontend bench-memory bench-beam bench-pause engine-docker truss-venv truss-stage truss-push \
 	truss-context clean
 .DEFAULT_GOAL := help
 
@@ -138,6 +138,9 @@ bench-memory: $(BIN)/.client-installed  ## RSS per stream: idle streams, and unp
 
 bench-beam: $(BIN)/.client-installed  ## beam width 1-5: time per final, WER vs greedy and vs faster-whisper
 	$(BIN)/python -m client.bench_beam $(BENCH_ARGS)
+
+bench-pause: $(BIN)/.client-installed  ## pause finals off / 6 / 4 / 3 / 2 s: WER, decode time of the last final
+	$(BIN)/python -m client.bench_pause $(BENCH_ARGS)
 
 # The server's own CPU cost per audio second (decode, resample, VAD) per encoding and rate.
 bench-audio: install  ## the server's CPU cost per audio second before the model

@@ -417,6 +417,8 @@ async def run_bench(targets: list[Target], args: argparse.Namespace) -> dict[str
     meta = {**metadata_from_args(args), "include_timing_info": True}  # says which finals were speculative
     if args.speculative is not None:  # our server's extension; not sent unless asked, so others accept it
         meta["streaming_params"]["speculative_finals"] = args.speculative
+    if args.pause_final_after_s is not None:  # likewise
+        meta["streaming_params"]["pause_final_after_s"] = args.pause_final_after_s
     per_run = [sum(len(s.audio) / 16000 for s in all_streams[:n]) for n in ramp]
     progress = Progress(
         sum(per_run) * len(targets) * len(args.modes) * args.repeats, enabled=not args.no_progress
@@ -716,6 +718,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="set streaming_params.speculative_finals (default: not sent, the server's default: on)",
+    )
+    p.add_argument(
+        "--pause-final-after-s",
+        type=float,
+        default=None,
+        help="set streaming_params.pause_final_after_s (default: not sent, the server's default: 4; 0: off)",
     )
     p.add_argument(
         "--offline-wer",

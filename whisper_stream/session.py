@@ -20,7 +20,7 @@ the VAD calls silence closes the segment at the speculative window, so it needs 
 less speech than `MIN_SPEECH_FRAMES` leaves the segment open: its audio joins the next flush or endpoint
 instead of being lost.
 
-Pause finals (`streaming_params.pause_final_after_s`, 4 s by default): once a segment holds that much audio,
+Pause finals (`streaming_params.pause_final_after_s`, 3 s by default): once a segment holds that much audio,
 a pause of `PAUSE_FINAL_MS` closes it too, at the same window a speculative final was started for, and the
 utterance goes on in the next segment (`continues`, cause "pause"). A final's decode grows with its length, so
 the final covering a long utterance's end then holds only its last few seconds. The endpoint itself does not
@@ -55,8 +55,7 @@ log = logging.getLogger(__name__)
 
 MIN_SPEECH_FRAMES = 5  # less speech than 160 ms is a click or a breath, not a word: never sent to Whisper
 # A pause this long ends a segment that reached `pause_final_after_s`: Silero's own rule for splitting long
-# speech (`min_silence_at_max_speech`, 98 ms). On the 14 English recordings of data/, cutting at 100 ms pauses
-# after 4 s left WER unchanged (13.9 %), after 3 s it rose to 15.0 % (README, Time to final).
+# speech (`min_silence_at_max_speech`, 98 ms).
 PAUSE_FINAL_MS = 100
 CUT_SEARCH_S = 3.0  # a forced cut looks for the quietest frame within the last seconds of the segment
 TRACE_ID_CHARS = 256  # a trace_id is echoed back: longer ones are refused, not echoed

@@ -68,7 +68,8 @@ def test_the_live_session_and_speech_spans_agree_on_every_frame(seed):
     opts = VadOptions(threshold=0.5, min_silence_duration_ms=300)
     meta = {
         "streaming_vad_config": {"threshold": 0.5, "min_silence_duration_ms": 300, "speech_pad_ms": 0},
-        "streaming_params": {"speculative_finals": False},  # only finals the endpoint asks for
+        # only finals the endpoint asks for: no speculative decodes, no finals at pauses in long speech
+        "streaming_params": {"speculative_finals": False, "pause_final_after_s": 0},
     }
     session = Session(parse_metadata(meta), Scripted(probs), stream_id="s")
     actions = session.feed_audio(pcm(np.zeros(len(probs) * FRAME, np.float32)), now=0.0)

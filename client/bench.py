@@ -723,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pause-final-after-s",
         type=float,
         default=None,
-        help="set streaming_params.pause_final_after_s (default: not sent, the server's default: 4; 0: off)",
+        help="set streaming_params.pause_final_after_s (default: not sent, the server's default: 3; 0: off)",
     )
     p.add_argument(
         "--offline-wer",

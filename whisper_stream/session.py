@@ -704,7 +704,9 @@ class Session:
         self._floor = end
         actions: list[Action] = []
         ready: list[_Done] = []
-        if speech_frames >= MIN_SPEECH_FRAMES and end > start:
+        # after a cut, even a short last word is speech of an utterance that passed the click test
+        tail = self._last_piece is not None and speech_frames > 0
+        if (speech_frames >= MIN_SPEECH_FRAMES or tail) and end > start:
             actions, ready = self._final(start, end, flush=flush, urgent=urgent, cause=cause)
             self._segment += 1
             self._speech_end = end
@@ -739,6 +741,9 @@ class Session:
         ):
             spec.pending.cause, spec.pending.continues = cause, continues
             self._last_piece = (spec.transcribe.request_id, spec.pending) if continues else None
+            if continues and spec.done is not None and spec.done.result is not None:
+                done = spec.done.result  # decoded before the cut: the utterance's language, as on_result
+                self._utterance_language = self._utterance_language or (done.language, done.language_prob)
             return [], self._confirm(spec, flush, urgent)
         if spec is not None:
             self._inflight.pop(spec.transcribe.request_id, None)

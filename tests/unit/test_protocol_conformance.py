@@ -14,7 +14,7 @@ from tests.unit.fakes import LoudnessVad, fake_result, pcm, silence, tone
 from whisper_stream.protocols import deepgram, openai_realtime
 from whisper_stream.protocols.deepgram import ParamError, parse_params
 from whisper_stream.scheduler import Scheduler
-from whisper_stream.session import Send, Transcribe
+from whisper_stream.session import Event, Send, Transcribe
 from whisper_stream.stream import Audio, Runtime
 
 BASE = "encoding=linear16&sample_rate=16000"
@@ -440,3 +440,37 @@ def test_deepgram_and_openai_ways_to_pass_the_key(headers, ok):
     offered = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     if offered:
         assert select_subprotocol(None, offered) == offered[0]
+
+
+def test_openai_server_vad_items_complete_once_after_a_cut_and_get_no_pause_finals():
+    """A 30 s cut, then the turn ends in silence: every item is committed, then completed, once."""
+    import base64
+
+    proto = openai_realtime.OpenAIRealtimeProtocol(runtime())
+    assert proto.session.config.streaming_params.pause_final_after_s == 0  # an item is a whole turn
+    wire: list[dict] = []
+
+    def carry(outs) -> None:  # what the stream driver does: send, then answer finals as the engine would
+        finals = []
+        for session, action in outs:
+            if isinstance(action, Transcribe) and action.kind == "final":
+                finals.append((session, action))
+            elif isinstance(action, Send | Event):
+                wire.extend(proto.render(session, action))
+        for session, action in finals:
+            result = fake_result(action.request, text="words")
+            carry(proto.on_result(session, action.request_id, result, None, 0.0, None))
+
+    # at 24 kHz: 0.3 s of silence, 29.5 s of speech (cut at 30 s with its padding, just after it ends), 2 s
+    data = pcm(np.concatenate([silence(0.45), tone(44.25), silence(3.0)]))
+    for i in range(0, len(data), 9600):
+        audio = base64.b64encode(data[i : i + 9600]).decode()
+        carry(on_frame(proto, json.dumps({"type": "input_audio_buffer.append", "audio": audio}), 0.0))
+    committed = [m["item_id"] for m in wire if m["type"] == "input_audio_buffer.committed"]
+    completed = [m["item_id"] for m in wire if m["type"].endswith("transcription.completed")]
+    assert len(committed) >= 2 and sorted(completed) == sorted(committed)  # the cut, and the turn's rest
+    for item in completed:
+        types = [m["type"] for m in wire if m.get("item_id") == item]
+        assert types.index("input_audio_buffer.committed") < types.index(
+            "conversation.item.input_audio_transcription.completed"
+        )

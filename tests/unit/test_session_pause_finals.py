@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.unit.fakes import LoudnessVad, silence, tone
+from tests.unit.fakes import LoudnessVad, fake_result, silence, tone
 from tests.unit.test_session import answer, feed, frames_until, requests, sent
 from whisper_stream.config import parse_metadata
+from whisper_stream.engines.interface import TranscribeResult
 from whisper_stream.session import PAUSE_FINAL_MS, Event, Send, Session
 
 PAUSE_S = 0.15  # longer than PAUSE_FINAL_MS, far shorter than the 300 ms endpoint
@@ -177,3 +178,38 @@ def test_utterance_end_follows_the_last_piece():
     acts = feed(s, silence(1.0))
     (end,) = [a for a in acts if isinstance(a, Event) and a.kind == "utterance_end"]
     assert end.time_s == pytest.approx(piece.end_s)
+
+
+def test_a_short_last_word_after_a_cut_is_still_transcribed():
+    """Fewer frames than a click would need: after a cut they are the end of an utterance, not a click."""
+    for ending in ("endpoint", "end_audio"):
+        s = make(speculative=False)
+        word = np.concatenate([tone(4.512), silence(PAUSE_S), tone(0.1)])
+        acts = feed(s, np.concatenate([word, silence(1.0)]) if ending == "endpoint" else word)
+        if ending == "end_audio":
+            acts += s.end_audio(now=0.0)
+        piece, last = requests(acts, "final")
+        assert last.start_s == piece.end_s and last.end_s >= 4.512 + PAUSE_S + 0.1 - 0.033
+
+
+def test_a_piece_decoded_before_its_cut_passes_its_language_on():
+    def result(req, language):
+        r = fake_result(req.request, text="x")
+        return TranscribeResult(segments=r.segments, language=language, language_prob=0.9)
+
+    for answer_first in (True, False):  # the result arrives before the cut, or after it
+        meta = {
+            "streaming_vad_config": {"min_silence_duration_ms": 300, "speech_pad_ms": 30},
+            "whisper_params": {"audio_language": "auto"},
+        }
+        s = Session(parse_metadata(meta), LoudnessVad(), stream_id="s")
+        feed(s, tone(3.2))
+        (spec,) = requests(feed(s, silence(0.064)), "speculative")
+        if answer_first:
+            s.on_result(spec.request_id, result(spec, "de"), None, 0.0)
+        feed(s, silence(0.1))
+        assert s.speculative_confirmed(spec.request_id) or answer_first
+        if not answer_first:
+            s.on_result(spec.request_id, result(spec, "de"), None, 0.0)
+        (nxt,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.064)])), "speculative")
+        assert nxt.request.options.language == "de", answer_first

@@ -411,7 +411,9 @@ class OpenAIRealtimeProtocol:
             return [action.message] if isinstance(action, Send) else []
         if isinstance(action, Event):
             if action.kind == "final_empty" and action.info is not None:
-                item = self._items.pop(action.info.segment, self._last_item or "")
+                if action.info.segment not in self._items:  # a turn's end after a cut: no item of it
+                    return []
+                item = self._items.pop(action.info.segment)
                 return [self._completed(item, "", action.info.end_s - action.info.start_s)]
             return []
         msg = action.message

@@ -110,17 +110,19 @@ RSS_BOUND_MB = 120  # the README's per-stream bound is ~16 MB; the rest is alloc
 async def test_an_unpaced_upload_that_never_reads_cannot_grow_the_server(speech):
     long_speech = np.concatenate(
         [load_audio(speech[i].path) for i in ("mfa_acoustic_corpus", "mfa_cold_corpus", "mfa_cold_corpus3")]
-    )  # 77 s without a pause: 30 s forced cuts, the largest windows the engine sees
+    )  # 77 s without a 300 ms pause: 30 s forced cuts, the largest windows the engine sees
     pcm = to_pcm16(long_speech)
     frame = pcm[: 1 << 20]  # 1 MiB frames: ~32 s of speech each
+    meta = metadata(partials=True, partial_interval_s=0.1)
+    meta["streaming_params"]["pause_final_after_s"] = 0  # no finals at shorter pauses: keep the 30 s windows
     with LocalServer() as server:
         # warm-up: the engine's working memory for 30 s windows (CTranslate2 keeps what it allocated)
-        warm = await stream_pcm(server.url, metadata(partials=True, partial_interval_s=0.1), pcm, speed=0)
+        warm = await stream_pcm(server.url, meta, pcm, speed=0)
         assert warm.finished
         baseline = peak = _rss_mb(server.proc.pid)
         sent = 0
         async with websockets.connect(server.url, max_size=None, max_queue=1) as ws:
-            await ws.send(json.dumps(metadata(partials=True, partial_interval_s=0.1)))
+            await ws.send(json.dumps(meta))
             deadline = time.monotonic() + 40
             try:
                 while time.monotonic() < deadline and sent < (300 << 20):  # up to 300 MiB, never reading

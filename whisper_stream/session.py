@@ -794,16 +794,7 @@ class Session:
         info = TranscriptInfo("final", self._segment, end_s, end_s, cause, False)
         if flush:
             language = self._last_language or piece.options.language or ""
-            msg = messages.transcription(
-                is_final=True,
-                number=self._segment,
-                segments=[],
-                language=language,
-                language_prob=None,
-                audio_length_s=0.0,
-                lag_s=0.0,
-                flush=True,
-            )
+            msg = _empty_flush_final(self._segment, language, None, 0.0)
             self._segment += 1
             return [Send(msg, info)]
         return [Event("final_empty", end_s, info)] if self._events else []
@@ -976,16 +967,8 @@ class Session:
                 continue
             msg = self._message(done.pending, done.result, is_final=True, timing=done.timing)
             if msg is None and done.pending.flush:  # the flush is always marked, even when it is empty
-                msg = messages.transcription(
-                    is_final=True,
-                    number=done.pending.segment,
-                    segments=[],
-                    language=done.result.language,
-                    language_prob=done.result.language_prob,
-                    audio_length_s=done.pending.end_s - done.pending.start_s,
-                    lag_s=0.0,
-                    flush=True,
-                )
+                p, r = done.pending, done.result
+                msg = _empty_flush_final(p.segment, r.language, r.language_prob, p.end_s - p.start_s)
             if msg is not None:
                 actions.append(Send(msg, self._info(done.pending)))
             elif self._events:
@@ -1012,3 +995,17 @@ class Session:
         return Send(
             messages.error(kind, message, stream_id=self.stream_id, recoverable=recoverable, now=now, **extra)
         )
+
+
+def _empty_flush_final(number: int, language: str, prob: float | None, audio_s: float) -> dict[str, Any]:
+    """A final without text that still carries the end_audio flush mark (a flush is always answered)."""
+    return messages.transcription(
+        is_final=True,
+        number=number,
+        segments=[],
+        language=language,
+        language_prob=prob,
+        audio_length_s=audio_s,
+        lag_s=0.0,
+        flush=True,
+    )

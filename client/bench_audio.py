@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from client.bench import machine_info
-from client.speech import DEFAULT_DATA, load_audio
+from client.speech import data_dir, load_audio
 from whisper_stream.audio import SAMPLE_WIDTH, AudioDecoder, encode, resample
 from whisper_stream.vad import FRAME, SileroModel
 
@@ -51,10 +51,11 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client.bench_audio", description=__doc__.split("\n")[0])
-    parser.add_argument("--file", type=Path, default=DEFAULT_DATA / "speech" / "ls_1221-135766-0001.wav")
+    parser.add_argument("--file", type=Path, default=None, help="default: a 10 s LibriSpeech file of data/")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-results/audio.json"))
     args = parser.parse_args(argv)
+    args.file = args.file or data_dir() / "speech" / "ls_1221-135766-0001.wav"
     audio = load_audio(args.file)
     vad = SileroModel()
     rows = []

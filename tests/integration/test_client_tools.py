@@ -18,7 +18,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from client import bench, mic
+from client import bench, bench_audio, mic
 from client.display import TranscriptPrinter
 from client.protocol import Received, finals_text, metadata
 from client.speech import load_audio, normalizer, to_pcm16
@@ -273,3 +273,13 @@ def test_benchmark_against_the_real_server(server, speech, tmp_path, capsys):
         with Image.open(out / name) as img:
             img.verify()
             assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
+
+
+def test_audio_front_end_benchmark_measures_every_encoding(tmp_path, capsys):
+    """`make bench-audio` runs from a fresh clone (it once imported a name the data toolkit no longer had)."""
+    out = tmp_path / "audio.json"
+    assert bench_audio.main(["--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["encoding"], r["sample_rate"]) for r in rows] == bench_audio.CASES
+    assert all(0 < r["decode_ms_per_s"] < r["total_ms_per_s"] and r["vad_ms_per_s"] > 0 for r in rows)
+    assert "silero vad" in capsys.readouterr().out

@@ -82,13 +82,17 @@ class SileroModel:
                 vad_graph.conv_as_matmul(path, probe), sess_options=opts, providers=["CPUExecutionProvider"]
             )
             got, want = unfolded.run(None, probe), self._session.run(None, probe)
-            diff = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
         except Exception as exc:  # no `onnx` package, or a graph the rewrite does not know
             log.warning("Silero VAD: original graph (%s: %s)", type(exc).__name__, exc)
             return
-        if diff > UNFOLD_TOLERANCE:
-            log.warning("Silero VAD: original graph (the unfolded one differs by %.2g)", diff)
+        same = len(got) == len(want) and all(
+            g.shape == w.shape and bool(np.all(np.abs(g - w) <= UNFOLD_TOLERANCE))
+            for g, w in zip(got, want, strict=True)
+        )  # (NaN compares False: a rewrite that gives NaN, or other shapes, is refused)
+        if not same:
+            log.warning("Silero VAD: original graph (the unfolded one differs from it on the probe)")
             return
+        diff = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
         self._session, self.graph = unfolded, "unfolded"
         log.info("Silero VAD: convolutions unfolded into GEMMs (max difference %.1g)", diff)
 

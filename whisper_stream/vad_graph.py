@@ -35,11 +35,13 @@ def conv_input_shapes(model: bytes, feeds: dict[str, np.ndarray]) -> dict[str, l
         session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
-    suffix = "_kernel_time"
+    suffix = "_kernel_time"  # (not the `_fence_before/after` events some builds record)
     return {
         e["name"].removesuffix(suffix): e["args"]["input_type_shape"][0]["float"]
         for e in events
-        if e.get("cat") == "Node" and e["args"].get("op_name") in ("Conv", "FusedConv")
+        if e.get("cat") == "Node"
+        and e["name"].endswith(suffix)
+        and e["args"].get("op_name") in ("Conv", "FusedConv")
     }
 
 
@@ -99,6 +101,8 @@ def _unfolded(node: Any, shape: list[int], weights: dict[str, np.ndarray]) -> li
         raise ValueError(f"{node.name}: not a 1-D convolution with constant weights")
     if attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get("dilations", [1])):
         raise ValueError(f"{node.name}: grouped or dilated")
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
+        raise ValueError(f"{node.name}: auto_pad {attrs['auto_pad'].decode()}")
     w = weights[node.input[1]]
     c_out, c_in, k = w.shape
     (s,) = attrs.get("strides", [1])
@@ -107,6 +111,8 @@ def _unfolded(node: Any, shape: list[int], weights: dict[str, np.ndarray]) -> li
     m = -(-k // s)
     chunks = t_out + m - 1
     right += chunks * s - (shape[2] + left + right)  # < 0: input positions no output step reads
+    if t_out < 1 or shape[2] + right < 0:
+        raise ValueError(f"{node.name}: padding wider than the window it reads")
     unfolded = np.zeros((m * s, c_in, c_out), dtype=np.float32)
     unfolded[:k] = w.transpose(2, 1, 0)
 
@@ -123,10 +129,10 @@ def _unfolded(node: Any, shape: list[int], weights: dict[str, np.ndarray]) -> li
         return op("Slice", [x, *bounds], name)
 
     def op(kind: str, inputs: list[str], name: str, **kwargs: Any) -> str:
-        out.append(helper.make_node(kind, inputs, [p + name], **kwargs))
+        out.append(helper.make_node(kind, inputs, [p + name], name=p + name, **kwargs))
         return p + name
 
-    axis = const("/axis", _ints([1]))
+    axis = const("/axis", _ints([1])) if right < 0 or m > 1 else ""
     x = op("Transpose", [node.input[0]], "/time_major", perm=[0, 2, 1])
     if right < 0:
         x, right = take(x, 0, shape[2] + right, "/kept"), 0
@@ -138,5 +144,7 @@ def _unfolded(node: Any, shape: list[int], weights: dict[str, np.ndarray]) -> li
     x = op("MatMul", [x, const("/weight", unfolded.reshape(m * s * c_in, c_out))], "/product")
     if len(node.input) > 2 and node.input[2]:
         x = op("Add", [x, node.input[2]], "/biased")
-    out.append(helper.make_node("Transpose", [x], [node.output[0]], perm=[0, 2, 1]))
+    out.append(
+        helper.make_node("Transpose", [x], [node.output[0]], name=p + "/channels_first", perm=[0, 2, 1])
+    )
     return out

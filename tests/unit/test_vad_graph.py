@@ -23,7 +23,9 @@ def original() -> SileroModel:
 
 @pytest.fixture(scope="module")
 def unfolded() -> SileroModel:
-    return SileroModel()
+    model = SileroModel()
+    assert model.graph == "unfolded"  # else the comparisons below would compare the original with itself
+    return model
 
 
 def test_the_default_install_uses_the_unfolded_graph(unfolded, original):
@@ -52,20 +54,25 @@ def test_a_stream_gets_the_same_bits_alone_and_in_any_batch(speech, unfolded):
 
 
 def conv_model(
-    channels: int, kernel: int, stride: int, pads: list[int], length: int, group: int = 1
+    channels: int, kernel: int, stride: int, pads: list[int], length: int, bias: bool = True, **attrs: object
 ) -> bytes:
-    """A model of one 1-D convolution (4 output channels, with bias) over [batch, channels, length]."""
+    """A model of one 1-D convolution (4 output channels) over [batch, channels, length]."""
     rng = np.random.default_rng(kernel * 10 + stride)
-    weight = rng.standard_normal((4, channels // group, kernel)).astype(np.float32)
-    bias = rng.standard_normal(4).astype(np.float32)
-    attrs = {"strides": [stride], "pads": pads, "group": group}
-    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", **attrs)
+    group = int(attrs.get("group", 1))  # type: ignore[call-overload]
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((4, channels // group, kernel)).astype(np.float32), "w")
+    ]
+    if bias:
+        weights.append(numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"))
+    conv = helper.make_node(
+        "Conv", ["x", "w", "b"][: len(weights) + 1], ["y"], name="conv", strides=[stride], pads=pads, **attrs
+    )
     graph = helper.make_graph(
         [conv],
         "conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, length])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+        weights,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)]).SerializeToString()
 
@@ -80,11 +87,13 @@ def conv_model(
         (1, 1, [0, 0], 1),  # its decoder
         (2, 3, [0, 0], 10),  # a stride longer than the kernel: trailing input no output reads
         (5, 2, [2, 0], 9),
+        (4, 4, [3, 0], 2),  # a left pad as wide as most of the window
     ],
 )
-def test_unfolding_computes_the_convolution(tmp_path, kernel, stride, pads, length):
+@pytest.mark.parametrize("bias", [True, False])
+def test_unfolding_computes_the_convolution(tmp_path, kernel, stride, pads, length, bias):
     path = tmp_path / "conv.onnx"
-    path.write_bytes(conv_model(6, kernel, stride, pads, length))
+    path.write_bytes(conv_model(6, kernel, stride, pads, length, bias=bias))
     x = np.random.default_rng(0).standard_normal((3, 6, length)).astype(np.float32)
     rewritten = vad_graph.conv_as_matmul(path, {"x": x})
     assert "Conv" not in {n.op_type for n in onnx.load_from_string(rewritten).graph.node}
@@ -93,29 +102,58 @@ def test_unfolding_computes_the_convolution(tmp_path, kernel, stride, pads, leng
     np.testing.assert_allclose(got, want[:2], atol=1e-4)
 
 
-def test_a_grouped_convolution_is_refused(tmp_path):
-    path = tmp_path / "grouped.onnx"
-    path.write_bytes(conv_model(6, 3, 1, [1, 1], 4, group=2))
-    with pytest.raises(ValueError, match="grouped"):
-        vad_graph.conv_as_matmul(path, {"x": np.zeros((1, 6, 4), np.float32)})
+@pytest.mark.parametrize(
+    ("kernel", "stride", "pads", "length", "attrs", "why"),
+    [
+        (3, 1, [1, 1], 4, {"group": 2}, "grouped"),
+        (3, 1, [1, 1], 4, {"dilations": [2]}, "dilated"),
+        (3, 2, [0, 0], 4, {"auto_pad": "SAME_UPPER"}, "auto_pad"),
+        (4, 4, [6, 0], 1, {}, "padding wider"),  # the one output step reads only the left pad
+    ],
+)
+def test_a_convolution_it_cannot_unfold_is_refused(tmp_path, kernel, stride, pads, length, attrs, why):
+    path = tmp_path / "refused.onnx"
+    model = conv_model(6, kernel, stride, pads, length, **attrs)
+    if "auto_pad" in attrs:  # explicit pads and auto_pad together are invalid: drop the pads
+        proto = onnx.load_from_string(model)
+        conv = proto.graph.node[0]
+        kept = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend(kept)
+        model = proto.SerializeToString()
+    path.write_bytes(model)
+    with pytest.raises(ValueError, match=why):
+        vad_graph.conv_as_matmul(path, {"x": np.zeros((1, 6, length), np.float32)})
 
 
-def test_an_unfolded_graph_that_differs_is_not_used(monkeypatch, caplog):
+def patched_rewrite(change):
+    """`conv_as_matmul` with `change(weights)` applied to the decoder's unfolded weights."""
     rewrite = vad_graph.conv_as_matmul
 
-    def off_by_a_little(path, feeds):  # the rewrite with one weight 1 % off
+    def rewritten(path, feeds):
         model = onnx.load_from_string(rewrite(path, feeds))
         then = next(a.g for a in model.graph.node[2].attribute if a.name == "then_branch")
-        node = next(n for n in then.node if n.output[0].endswith("/unfolded/weight"))
-        weight = numpy_helper.to_array(node.attribute[0].t)
-        node.attribute[0].t.CopyFrom(numpy_helper.from_array(weight * 1.01))
+        node = [n for n in then.node if n.output[0].endswith("/unfolded/weight")][-1]
+        weight = numpy_helper.to_array(node.attribute[0].t).copy()
+        node.attribute[0].t.CopyFrom(numpy_helper.from_array(change(weight)))
         return model.SerializeToString()
 
-    monkeypatch.setattr(vad_graph, "conv_as_matmul", off_by_a_little)
+    return rewritten
+
+
+def with_nan(weight: np.ndarray) -> np.ndarray:
+    weight.flat[0] = np.nan
+    return weight
+
+
+@pytest.mark.parametrize("change", [lambda w: w * 1.01, with_nan], ids=["1 % off", "NaN"])
+def test_an_unfolded_graph_that_differs_is_not_used(monkeypatch, caplog, change):
+    monkeypatch.setattr(vad_graph, "conv_as_matmul", patched_rewrite(change))
     with caplog.at_level(logging.WARNING):
         model = SileroModel()
     assert model.graph == "original"
     assert "differs" in caplog.text
+    assert np.all(np.isfinite(model.probabilities(np.zeros(FRAME * 3, np.float32))))
 
 
 def test_without_the_onnx_package_the_original_graph_serves(monkeypatch, caplog):

@@ -47,7 +47,8 @@ def conv_input_shapes(model: bytes, feeds: dict[str, np.ndarray]) -> dict[str, l
 
 def conv_as_matmul(path: str | os.PathLike[str], feeds: dict[str, np.ndarray]) -> bytes:
     """The model at `path` with each convolution that `feeds` runs replaced by its unfolded GEMM; raises
-    ValueError on a convolution it cannot rewrite (grouped, dilated, 2-D, computed weights)."""
+    ValueError on a convolution it cannot rewrite (grouped, dilated, 2-D, computed weights, `auto_pad` SAME_*,
+    padding wider than the window it reads)."""
     import onnx
 
     data = Path(path).read_bytes()

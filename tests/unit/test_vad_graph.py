@@ -48,8 +48,11 @@ def test_a_stream_gets_the_same_bits_alone_and_in_any_batch(speech, unfolded):
     rng = np.random.default_rng(3)
     for size in (2, 5, 17, 64):
         streams = [unfolded.stream() for _ in range(size)]
-        neighbours = [(rng.standard_normal((40, FRAME)) * rng.uniform(1e-3, 0.5)).astype(np.float32)]
-        inputs = [frames] + neighbours * (size - 1)
+        neighbours = [
+            (rng.standard_normal((40, FRAME)) * rng.uniform(1e-3, 0.5)).astype(np.float32)
+            for _ in range(size - 1)
+        ]
+        inputs = [frames, *neighbours]
         assert np.array_equal(unfolded.run_streams(streams, inputs)[0], alone), size
 
 

@@ -2,9 +2,10 @@
 core was rewritten (tests/golden/baseten.json): the refactor keeps what Baseten clients see.
 
 Compared: every message except partials, finals in order and acknowledgements in order, with their type,
-flags, numbering and window (audio length within two VAD frames); the finals' text by word errors per recording (see `MAX_WORD_ERRORS`; CTranslate2's kernels also differ
-between CPUs, so an exact text would fail on another x86-64 for no fault of ours).
-Volatile fields (lag, timestamps, confidence and language probability) are left out.
+flags, numbering and window (audio length within two VAD frames); the finals' text by word errors per
+recording (see `MAX_WORD_ERRORS`; CTranslate2's kernels also differ between CPUs, so an exact text would
+fail on another x86-64 for no fault of ours). Volatile fields (lag, timestamps, confidence and language
+probability) are left out.
 
 Re-record (only when a difference is understood and documented):
     python -m tests.integration.test_golden_baseten --record
@@ -18,8 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from client.local_server import LocalServer
 from client.protocol import metadata, stream_pcm
 from client.speech import load_audio, load_manifest, to_pcm16, wer
@@ -27,7 +26,7 @@ from client.speech import load_audio, load_manifest, to_pcm16, wer
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "baseten.json"
 FLUSHED = ("ls_1221-135766-0001", "ls_2412-153948-0000", "mfa_cold_corpus")  # a finalize mid-speech too
 FRAME_BYTES = 1024  # 512 samples, as the documented clients send
-WINDOW_TOLERANCE_S = 0.064  # two VAD frames: Silero's probabilities may differ in the last digits on other CPUs
+WINDOW_TOLERANCE_S = 0.064  # two VAD frames: Silero's last digits may differ on other CPUs
 # Finals' text against the recording's, per recording: at most this fraction of its words, or one word. Not
 # exact even on one machine: how a stream's finals are batched with each other depends on timing, and a
 # batch's padding moves CTranslate2's numbers (a short Swedish "Otto." reads "Ota!" in some runs).
@@ -68,7 +67,7 @@ async def _run(url: str, utterance: Any, finalize_after: int | None) -> dict[str
     meta = metadata(language=utterance.language)
     controls = {finalize_after: json.dumps({"type": "finalize"})} if finalize_after is not None else None
     result = await stream_pcm(url, meta, pcm, speed=0, frame_bytes=FRAME_BYTES, after_frame=controls)
-    shapes = [_shape(r.message) for r in result.received if not (r.message.get("is_final") is False)]
+    shapes = [_shape(r.message) for r in result.received if r.message.get("is_final") is not False]
     return {"messages": shapes, "close": result.close_code, "language": utterance.language}
 
 

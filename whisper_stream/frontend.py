@@ -28,7 +28,9 @@ from enum import Enum
 
 import numpy as np
 
-from whisper_stream.session import Action, Session
+from whisper_stream.core.events import Action
+from whisper_stream.core.session import Session
+from whisper_stream.stream_audio import StreamAudio
 from whisper_stream.vad import SileroModel, SileroStream
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Ticket:
     """Audio of one session on its way through the front end."""
 
     session: Session
+    audio: StreamAudio  # the session's decoder and VAD state
     on_done: Callable[[Ticket], None]  # called on the event loop, once, unless cancelled
     chunks: list[bytes]
     submitted: float = field(default_factory=time.perf_counter)
@@ -64,11 +67,6 @@ class Ticket:
         return self.state is State.DONE
 
 
-def batched(session: Session) -> bool:
-    """Whether the session's audio can go through the front end (a test's own VAD runs `feed_audio`)."""
-    return isinstance(session.vad, SileroStream)
-
-
 class FrontEnd:
     def __init__(self, model: SileroModel, threads: int = FRONTEND_THREADS) -> None:
         self.model = model
@@ -78,9 +76,11 @@ class FrontEnd:
         self._last_batch = 1  # streams in the latest batch: more than one means others are worth waiting for
         self._tick_end = 0.0  # the end of the latest batch's tick (event-loop time): batches keep its cadence
 
-    def submit(self, session: Session, data: bytes, on_done: Callable[[Ticket], None]) -> Ticket:
-        """Queue a `batched` session's audio; `on_done(ticket)` follows on the event loop with its actions."""
-        ticket = Ticket(session, on_done, [data])
+    def submit(
+        self, session: Session, audio: StreamAudio, data: bytes, on_done: Callable[[Ticket], None]
+    ) -> Ticket:
+        """Queue a session's audio; `on_done(ticket)` follows on the event loop with its actions."""
+        ticket = Ticket(session, audio, on_done, [data])
         self._waiting.append(ticket)
         if not self._running:
             self._running = True
@@ -135,15 +135,18 @@ class FrontEnd:
         for ticket in tickets:
             try:
                 data = ticket.chunks[0] if len(ticket.chunks) == 1 else b"".join(ticket.chunks)
-                out.append((ticket.session.take_frames(data), np.empty(0, dtype=np.float32)))
+                out.append((ticket.audio.take_frames(data), np.empty(0, dtype=np.float32)))
             except Exception as exc:
                 out.append(exc)
         rows = [i for i, o in enumerate(out) if isinstance(o, tuple) and len(o[0])]
-        if rows:
-            vads = [tickets[i].session.vad for i in rows]
-            probs = self.model.run_streams(vads, [out[i][0] for i in rows])  # type: ignore[index, misc]
-            for i, p in zip(rows, probs, strict=True):
+        silero = [i for i in rows if isinstance(tickets[i].audio.vad, SileroStream)]
+        if silero:
+            vads = [tickets[i].audio.vad for i in silero]
+            probs = self.model.run_streams(vads, [out[i][0] for i in silero])  # type: ignore[arg-type, index, misc]
+            for i, p in zip(silero, probs, strict=True):
                 out[i] = (out[i][0], p)  # type: ignore[index]
+        for i in set(rows) - set(silero):  # another speech model (a test's): one stream at a time
+            out[i] = (out[i][0], tickets[i].audio.vad(out[i][0]))  # type: ignore[index]
         return out
 
     @staticmethod

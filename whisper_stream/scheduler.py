@@ -1,10 +1,10 @@
 """Batches transcription requests from all streams into engine calls: fair, finals first, failures isolated.
 
 Finals are never dropped. Partials are best-effort: each stream has at most one in flight (the session
-enforces it); a queued partial whose utterance has meanwhile ended is dropped unrun, and so is one still
-waiting after `partial_max_wait_s`. Speculative finals (a final decoded before its endpoint) queue with the
-partials, ahead of them, and are shed by the same rules until the session confirms them; a confirmed one
-becomes an urgent final (its client already waits). A final a client's flush asked for is urgent too: urgent
+enforces it); the session cancels a queued partial whose utterance has meanwhile ended (`cancel_request`,
+dropped unrun), and one still waiting after `partial_max_wait_s` is shed. Speculative finals (a final decoded
+before its endpoint) queue with the partials, ahead of them, and are shed or cancelled the same way until the
+session confirms them (`promote`): then an urgent final (its client already waits). A final a client's flush asked for is urgent too: urgent
 finals go ahead of every other final, in fairness order among themselves. Up to
 `engine.max_inflight` calls run at once (the CPU engine's `--engine-workers` replicas, 2 by default; several
 for Triton, whose dynamic batcher merges them).
@@ -58,10 +58,9 @@ class Job:
     kind: str  # "final" | "partial" | "speculative"
     request: TranscribeRequest
     callback: Callback
-    wanted: Callable[[], bool] = lambda: True  # a partial whose utterance already ended is not run
-    queued_at: float = field(default_factory=time.monotonic)
     urgent: bool = False  # a final a flush asked for: ahead of every other final
-    confirmed: Callable[[], bool] = lambda: False  # a speculative final its endpoint confirmed: now a final
+    request_id: int = -1  # the owner's id of it: what `promote` and `cancel_request` name
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class _Usage:
@@ -115,6 +114,26 @@ class Scheduler:
         self._usage.setdefault(job.owner, _Usage())  # dropped by `cancel`, never re-created by a late answer
         self._wake.set()
 
+    def promote(self, owner: object, request_id: int) -> None:
+        """A queued speculative decode was confirmed: now an urgent final, never shed (running or done: no-op)."""
+        for job in self._partials:
+            if job.owner is owner and job.request_id == request_id:
+                self._partials.remove(job)
+                job.urgent = True
+                self._finals.append(job)
+                self._wake.set()
+                return
+
+    def cancel_request(self, owner: object, request_id: int) -> None:
+        """A queued partial or speculative decode is not wanted any more: dropped unrun, its callback told
+        (result and error both None). Finals are never cancelled; a running request runs to its end."""
+        for job in self._partials:
+            if job.owner is owner and job.request_id == request_id:
+                self._partials.remove(job)
+                metrics.PARTIALS_SHED.inc()
+                job.callback(None, None, None)
+                return
+
     def cancel(self, owner: object) -> None:
         """Forget the queued work of a stream that went away."""
         self._finals = [j for j in self._finals if j.owner is not owner]
@@ -158,11 +177,7 @@ class Scheduler:
         now = time.monotonic()
         keep = []
         for job in self._partials:
-            if job.confirmed():  # a speculative final its endpoint confirmed: a final now, never shed
-                job.urgent = True
-                self._finals.append(job)
-                continue
-            if now - job.queued_at > self.partial_max_wait_s or not job.wanted():
+            if now - job.queued_at > self.partial_max_wait_s:
                 metrics.PARTIALS_SHED.inc()
                 log.debug("partial shed after %.2f s in queue", now - job.queued_at)
                 job.callback(None, None, None)

@@ -1,4 +1,4 @@
-"""The standalone WebSocket server: a thin `websockets` adapter around `stream.serve_stream`.
+"""The standalone WebSocket server: a thin `websockets` adapter around `driver.serve_stream`.
 
 Paths: `/v1/websocket` (the Truss path), and Baseten's public forms `/environments/{env}/websocket` and
 `/deployment/{id}/websocket`, so a URL copied from Baseten works locally. `/v1/listen` speaks Deepgram's
@@ -24,11 +24,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from whisper_stream import auth, metrics, protocols, web_page
+from whisper_stream.driver import serve_stream
 from whisper_stream.engines import create_engine
 from whisper_stream.engines.interface import Engine
+from whisper_stream.runtime import Limits, Runtime
 from whisper_stream.scheduler import Scheduler
 from whisper_stream.settings import ServerSettings
-from whisper_stream.stream import Limits, Runtime, TransportClosed, serve_stream
+from whisper_stream.transport import TransportClosed
 from whisper_stream.vad import SileroModel
 
 log = logging.getLogger(__name__)
@@ -135,8 +137,8 @@ async def start_server(
     runtime.loop_watch = asyncio.create_task(metrics.watch_event_loop(), name="loop-lag")
 
     async def handler(ws: ServerConnection) -> None:
-        protocol = protocols.open_protocol(ws.request.path, runtime) if ws.request else None
-        await serve_stream(WebsocketTransport(ws), runtime, auth.client_address(ws.remote_address), protocol)
+        protocol = protocols.open_protocol(ws.request.path if ws.request else "/", runtime)
+        await serve_stream(WebsocketTransport(ws), runtime, protocol, auth.client_address(ws.remote_address))
 
     limits = runtime.limits
     return await serve(

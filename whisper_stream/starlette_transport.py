@@ -1,4 +1,4 @@
-"""A `stream.Transport` over a Starlette/FastAPI WebSocket: how the Truss model (and any ASGI host) serves.
+"""A `transport.Transport` over a Starlette/FastAPI WebSocket: how the Truss model (and any ASGI host) serves.
 
 The mirror of `server.WebsocketTransport`. Truss hands the model a `fastapi.WebSocket` that is already
 accepted, so nothing here accepts. It reads raw ASGI messages rather than `receive_text`/`receive_bytes`
@@ -13,7 +13,7 @@ import contextlib
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from whisper_stream.stream import TransportClosed
+from whisper_stream.transport import TransportClosed
 
 
 class StarletteTransport:

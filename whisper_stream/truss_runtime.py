@@ -35,9 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from triton_launcher import DEFAULT_REPOSITORY, Ports, TritonServer, has_gpu
+from whisper_stream.driver import serve_stream
+from whisper_stream.protocols.baseten import BasetenProtocol
+from whisper_stream.runtime import Runtime
 from whisper_stream.server import build_runtime
 from whisper_stream.settings import ServerSettings
-from whisper_stream.stream import Runtime, Transport, serve_stream
+from whisper_stream.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +154,7 @@ class TrussRuntime:
         if not self._started:
             self.runtime.scheduler.start()
             self._started = True
-        await serve_stream(transport, self.runtime)
+        await serve_stream(transport, self.runtime, BasetenProtocol(self.runtime))
 
     def close(self) -> None:
         engine: Any = self.runtime.scheduler.engine

@@ -18,11 +18,12 @@ import websockets
 from client.local_server import free_port
 from client.protocol import metadata
 from client.speech import load_audio, to_pcm16
+from whisper_stream.driver import MESSAGE_OVERHEAD_BYTES
 from whisper_stream.engines.interface import Segment, TranscribeResult
 from whisper_stream.engines.null import NullEngine
+from whisper_stream.runtime import Runtime
 from whisper_stream.server import build_runtime, start_server
 from whisper_stream.settings import ServerSettings
-from whisper_stream.stream import MESSAGE_OVERHEAD_BYTES, Runtime
 
 
 class SlowEngine(NullEngine):

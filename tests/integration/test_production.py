@@ -149,7 +149,7 @@ async def test_an_unpaced_upload_that_never_reads_cannot_grow_the_server(speech)
 async def test_a_bug_in_one_stream_closes_it_with_an_error_and_1011_and_the_others_go_on(
     path, flush, monkeypatch
 ):
-    from whisper_stream import session as session_module
+    from whisper_stream.core import session as session_module
     from whisper_stream.engines.null import NullEngine
 
     def buggy(self):

@@ -19,8 +19,10 @@ import websockets
 from client.protocol import metadata
 from client.speech import load_audio, to_pcm16
 from tests.integration.test_admission_and_drain import served as served_by_stand_in
-from whisper_stream import stream as stream_module
+from whisper_stream import driver
+from whisper_stream.core.session import Session
 from whisper_stream.frontend import FrontEnd
+from whisper_stream.protocols.baseten import BasetenProtocol
 
 FRAME_BYTES = 1024  # 32 ms of 16 kHz s16le
 
@@ -34,13 +36,13 @@ def served(**limits: float):
 def handled(monkeypatch) -> list[str | bytes]:
     """Messages the stream's loop applied itself (not through the fast path)."""
     seen: list[str | bytes] = []
-    original = stream_module._StreamLoop._handle
+    original = driver.StreamLoop._handle
 
     def spy(self, message):
         seen.append(message)
         return original(self, message)
 
-    monkeypatch.setattr(stream_module._StreamLoop, "_handle", spy)
+    monkeypatch.setattr(driver.StreamLoop, "_handle", spy)
     return seen
 
 
@@ -124,14 +126,14 @@ async def test_streams_sending_20_ms_frames_keep_up(speech):
 
 async def test_a_bug_in_one_streams_audio_path_fails_that_stream_only(speech, monkeypatch):
     pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + bytes(32000)
-    original = stream_module.BasetenProtocol.on_actions
+    original = Session.on_frames
 
-    def on_actions(self, session, actions):
-        if session.stream_id == "doomed" and actions:
+    def on_frames(self, frames, probs):
+        if self.stream_id == "doomed" and len(frames):
             raise RuntimeError("a bug")
-        return original(self, session, actions)
+        return original(self, frames, probs)
 
-    monkeypatch.setattr(stream_module.BasetenProtocol, "on_actions", on_actions)
+    monkeypatch.setattr(Session, "on_frames", on_frames)
     async with served() as (url, _):
         doomed, healthy = await websockets.connect(url), await websockets.connect(url)
         await doomed.send(json.dumps({**metadata(), "stream_id": "doomed"}))
@@ -216,14 +218,14 @@ async def test_openai_streams_appending_10_ms_chunks_keep_up():
 
 
 async def test_a_bug_on_the_fast_path_fails_the_stream_at_once(monkeypatch):
-    original = stream_module.BasetenProtocol.on_frame
+    original = BasetenProtocol.on_frame
 
     def on_frame(self, frame, now):
         if isinstance(frame, bytes) and frame == b"boom":
             raise RuntimeError("a bug")
         return original(self, frame, now)
 
-    monkeypatch.setattr(stream_module.BasetenProtocol, "on_frame", on_frame)
+    monkeypatch.setattr(BasetenProtocol, "on_frame", on_frame)
     async with served() as (url, _), websockets.connect(url) as ws:
         await ws.send(json.dumps(metadata()))
         await ws.send(b"boom")

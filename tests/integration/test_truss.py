@@ -140,7 +140,7 @@ def test_image_build_context_bundles_the_package(tmp_path):
     assert "COPY --chown=root:root ./packages /packages" in dockerfile
     assert "silero-vad==6.2.3" in dockerfile
     packages = out / "packages"
-    for path in ("whisper_stream/stream.py", "whisper_stream/truss_runtime.py", "triton_launcher/__init__.py",
+    for path in ("whisper_stream/driver.py", "whisper_stream/truss_runtime.py", "triton_launcher/__init__.py",
                  "model_repository/whisper/config.pbtxt", "build_engine/__main__.py"):  # fmt: skip
         assert (packages / path).read_bytes() == (ROOT / path).read_bytes(), path
     assert (out / "model" / "model.py").is_file()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.unit.fakes import pcm
+from tests.unit.fakes import BasetenStream, pcm
 from whisper_stream.config import parse_metadata
 from whisper_stream.endpointer import Endpointer, VadOptions, speech_spans, trim_to_speech
-from whisper_stream.session import Session, Transcribe
+from whisper_stream.core.events import Transcribe
 from whisper_stream.vad import FRAME
 
 SR = 16_000
@@ -71,7 +71,7 @@ def test_the_live_session_and_speech_spans_agree_on_every_frame(seed):
         # only finals the endpoint asks for: no speculative decodes, no finals at pauses in long speech
         "streaming_params": {"speculative_finals": False, "pause_final_after_s": 0},
     }
-    session = Session(parse_metadata(meta), Scripted(probs), stream_id="s")
+    session = BasetenStream(parse_metadata(meta), Scripted(probs), stream_id="s")
     actions = session.feed_audio(pcm(np.zeros(len(probs) * FRAME, np.float32)), now=0.0)
     finals = [
         (round(a.start_s * SR) // FRAME, round(a.end_s * SR) // FRAME)

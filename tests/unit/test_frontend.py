@@ -11,7 +11,9 @@ import pytest
 from client.speech import load_audio, to_pcm16
 from whisper_stream.config import parse_metadata
 from whisper_stream.frontend import GATHER_MAX_BYTES, FrontEnd, Ticket
-from whisper_stream.session import Session, Transcribe
+from whisper_stream.core.events import Transcribe
+from whisper_stream.core.session import Session
+from whisper_stream.stream_audio import StreamAudio
 from whisper_stream.vad import SileroModel
 
 FRAME_BYTES = 1024  # 32 ms of 16 kHz s16le, what clients send
@@ -22,20 +24,34 @@ def model() -> SileroModel:
     return SileroModel()
 
 
-def session(model: SileroModel) -> Session:
-    meta = {"streaming_params": {"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5}}
-    return Session(parse_metadata(meta), model.stream(), stream_id="t")
+META = {"streaming_params": {"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5}}
+
+
+class Stream:
+    """A session and its audio state, as the driver pairs them."""
+
+    def __init__(self, model: SileroModel) -> None:
+        self.session = Session(parse_metadata(META), stream_id="t")
+        self.audio = StreamAudio("pcm_s16le", 16000, model.stream())
+
+    def submit(self, front: FrontEnd, data: bytes, on_done) -> Ticket:
+        return front.submit(self.session, self.audio, data, on_done)
+
+
+def session(model: SileroModel) -> Stream:
+    return Stream(model)
 
 
 def summary(actions: list) -> list[tuple[str, int, int]]:
     """What a stream did: each request's kind and window (the session's clock is its own audio)."""
-    return [(a.kind, len(a.request.audio), a.segment) for a in actions if isinstance(a, Transcribe)]
+    return [(a.kind, len(a.request.audio), a.number) for a in actions if isinstance(a, Transcribe)]
 
 
 def alone(model: SileroModel, pcm: bytes) -> list:
-    s, actions = session(model), []
+    s, actions = Stream(model), []
     for i in range(0, len(pcm), FRAME_BYTES):
-        actions += s.feed_audio(pcm[i : i + FRAME_BYTES], 0.0)
+        frames = s.audio.take_frames(pcm[i : i + FRAME_BYTES])
+        actions += s.session.on_frames(frames, s.audio.vad(frames)) if len(frames) else []
     return actions
 
 
@@ -51,7 +67,7 @@ class CountingModel(SileroModel):
         return super().run(inputs, state)
 
 
-async def stream_all(front: FrontEnd, sessions: list[Session], pcms: list[bytes]) -> list[list]:
+async def stream_all(front: FrontEnd, sessions: list[Stream], pcms: list[bytes]) -> list[list]:
     """Each stream sends its next 32 ms frame every tick, as real-time clients do; one ticket at a time."""
     got: list[list] = [[] for _ in sessions]
     done = asyncio.Event()
@@ -59,7 +75,7 @@ async def stream_all(front: FrontEnd, sessions: list[Session], pcms: list[bytes]
 
     def on_done(ticket: Ticket) -> None:
         assert ticket.error is None
-        got[sessions.index(ticket.session)].extend(ticket.actions)
+        got[[s.session for s in sessions].index(ticket.session)].extend(ticket.actions)
         pending[0] -= 1
         if not pending[0]:
             done.set()
@@ -69,7 +85,7 @@ async def stream_all(front: FrontEnd, sessions: list[Session], pcms: list[bytes]
         for s, p in zip(sessions, pcms, strict=True):
             if i < len(p):
                 pending[0] += 1
-                front.submit(s, p[i : i + FRAME_BYTES], on_done)
+                s.submit(front, p[i : i + FRAME_BYTES], on_done)
         await done.wait()
     return got
 
@@ -102,7 +118,7 @@ async def test_a_sessions_tickets_are_applied_in_order_one_per_batch(model, spee
 
     try:
         chunk = 16 * FRAME_BYTES
-        tickets = [front.submit(s, pcm[i : i + chunk], on_done) for i in range(0, len(pcm), chunk)]
+        tickets = [s.submit(front, pcm[i : i + chunk], on_done) for i in range(0, len(pcm), chunk)]
         while len(order) < len(tickets):
             await asyncio.sleep(0.01)
     finally:
@@ -119,16 +135,16 @@ async def test_bad_audio_fails_its_own_ticket_only(model, speech):
     def broken(data: bytes) -> np.ndarray:
         raise ValueError("undecodable")
 
-    bad.take_frames = broken  # type: ignore[method-assign]
+    bad.audio.take_frames = broken  # type: ignore[method-assign]
     finished: list[Ticket] = []
     try:
-        tickets = [front.submit(s, pcm, finished.append) for s in (good, bad)]
+        tickets = [s.submit(front, pcm, finished.append) for s in (good, bad)]
         while len(finished) < 2:
             await asyncio.sleep(0.01)
     finally:
         front.close()
     assert isinstance(tickets[1].error, ValueError) and tickets[0].error is None
-    assert good.received_s == pytest.approx(100 * FRAME_BYTES / 2 / 16000)
+    assert good.session.received_s == pytest.approx(100 * FRAME_BYTES / 2 / 16000)
 
 
 async def test_a_cancelled_ticket_is_never_applied(model, speech):
@@ -136,14 +152,14 @@ async def test_a_cancelled_ticket_is_never_applied(model, speech):
     pcm = to_pcm16(load_audio(speech["ls_1089-134686-0001"].path))[: 10 * FRAME_BYTES]
     s, finished = session(model), []
     try:
-        ticket = front.submit(s, pcm, finished.append)
+        ticket = s.submit(front, pcm, finished.append)
         ticket.cancelled = True
-        other = front.submit(session(model), pcm, finished.append)
+        other = session(model).submit(front, pcm, finished.append)
         while not other.done:
             await asyncio.sleep(0.01)
     finally:
         front.close()
-    assert finished == [other] and s.received_s == 0
+    assert finished == [other] and s.session.received_s == 0
 
 
 async def test_audio_joins_a_waiting_ticket_up_to_its_bound(model, speech):
@@ -151,7 +167,7 @@ async def test_audio_joins_a_waiting_ticket_up_to_its_bound(model, speech):
     pcm = to_pcm16(load_audio(speech["ls_1089-134686-0001"].path))
     s, finished = session(model), []
     try:
-        ticket = front.submit(s, pcm[:FRAME_BYTES], finished.append)
+        ticket = s.submit(front, pcm[:FRAME_BYTES], finished.append)
         assert front.extend(ticket, pcm[FRAME_BYTES : 2 * FRAME_BYTES])  # still waiting for its batch
         assert not front.extend(ticket, bytes(GATHER_MAX_BYTES))  # over the bound: a ticket of its own
         while not finished:
@@ -159,7 +175,7 @@ async def test_audio_joins_a_waiting_ticket_up_to_its_bound(model, speech):
         assert not front.extend(ticket, pcm[2 * FRAME_BYTES : 3 * FRAME_BYTES])  # applied: too late
     finally:
         front.close()
-    assert s.received_s == pytest.approx(2 * FRAME_BYTES / 2 / 16000)
+    assert s.session.received_s == pytest.approx(2 * FRAME_BYTES / 2 / 16000)
 
 
 async def test_an_owner_that_fails_does_not_stop_the_batch(model, speech):
@@ -171,8 +187,8 @@ async def test_an_owner_that_fails_does_not_stop_the_batch(model, speech):
         raise RuntimeError("the owner's bug")
 
     try:
-        front.submit(session(model), pcm, broken)
-        other = front.submit(session(model), pcm, finished.append)  # the same batch
+        session(model).submit(front, pcm, broken)
+        other = session(model).submit(front, pcm, finished.append)  # the same batch
         for _ in range(200):
             if finished:
                 break

@@ -14,10 +14,16 @@ from tests.unit.fakes import LoudnessVad, fake_result, pcm, silence, tone
 from whisper_stream.protocols import deepgram, openai_realtime
 from whisper_stream.protocols.deepgram import ParamError, parse_params
 from whisper_stream.scheduler import Scheduler
-from whisper_stream.session import Event, Send, Transcribe
-from whisper_stream.stream import Audio, Runtime
+from whisper_stream.core.events import Transcribe, TurnEvent
+from whisper_stream.driver import Audio, EndAudio, Send
+from whisper_stream.runtime import Runtime
+from whisper_stream.stream_audio import StreamAudio
+from whisper_stream.transport import Close
 
 BASE = "encoding=linear16&sample_rate=16000"
+
+
+_AUDIO: dict = {}  # session -> its StreamAudio, as the driver keeps them
 
 
 def on_frame(proto, frame, now: float) -> list:
@@ -25,10 +31,35 @@ def on_frame(proto, frame, now: float) -> list:
     outs = []
     for session, action in proto.on_frame(frame, now):
         if isinstance(action, Audio):
-            outs += proto.on_actions(session, session.feed_audio(action.data, now))
+            p = session.config.streaming_params
+            audio = _AUDIO.setdefault(session, StreamAudio(p.encoding, p.sample_rate, LoudnessVad()))
+            frames = audio.take_frames(action.data)
+            outs += (
+                [(session, a) for a in session.on_frames(frames, audio.vad(frames))] if len(frames) else []
+            )
+        elif isinstance(action, EndAudio):
+            outs += [(session, a) for a in session.end_audio()]
         else:
             outs.append((session, action))
     return outs
+
+
+def answered(session, request_id: int, result) -> list:
+    """An engine result, as the driver hands it to the session."""
+    return [(session, a) for a in session.on_result(request_id, result, None)]
+
+
+def wire_of(proto, outs) -> list:
+    """What the client receives of `outs`: the protocol's own messages and its renderings (closes left out)."""
+    wire: list = []
+    for session, action in outs:
+        if isinstance(action, Send):
+            wire.append(action.message)
+        elif not isinstance(action, Transcribe | Audio | EndAudio | Close) and not hasattr(
+            action, "request_id"
+        ):
+            wire += [w for w in proto.render(session, action) if not isinstance(w, Close)]
+    return wire
 
 
 def runtime() -> Runtime:
@@ -137,10 +168,9 @@ def dg_run(query, audio, finalize=False):
     for session, action in outs:
         if isinstance(action, Transcribe):
             result = fake_result(action.request, text="Hello, world.")
-            for s2, a2 in proto.on_result(session, action.request_id, result, None, 0.0, None):
-                wire += proto.render(s2, a2)
-        elif isinstance(action, Send) or hasattr(action, "kind"):
-            wire += proto.render(session, action)
+            wire += wire_of(proto, answered(session, action.request_id, result))
+        else:
+            wire += wire_of(proto, [(session, action)])
     return proto, wire
 
 
@@ -152,8 +182,9 @@ def test_deepgram_results_shape_finalize_and_close_stream():
     assert results["channel"]["alternatives"][0]["transcript"] == "hello world"
     assert results["channel_index"] == [0, 1]
     outs = on_frame(proto, json.dumps({"type": "CloseStream"}), 0.0)
-    assert [a.message["type"] for s, a in outs if s is None and isinstance(a, Send)] == ["Metadata"]
-    assert outs[-1][1].code == 1000 and proto.finished
+    (finished,) = [(s, a) for s, a in outs if type(a).__name__ == "Finished"]
+    metadata, close = proto.render(*finished)
+    assert metadata["type"] == "Metadata" and close.code == 1000 and proto.finished
 
 
 def test_deepgram_finalize_while_the_endpoint_final_decodes_is_answered_by_that_final():
@@ -162,14 +193,9 @@ def test_deepgram_finalize_while_the_endpoint_final_decodes_is_answered_by_that_
     proto = deepgram.DeepgramProtocol(parse_params(BASE), runtime())
     outs = on_frame(proto, pcm(np.concatenate([tone(1.0), silence(1.0)])), 0.0)  # the endpoint fired
     (final,) = [a for s, a in outs if isinstance(a, Transcribe)]
-    assert on_frame(proto, json.dumps({"type": "Finalize"}), 0.0) == []  # nothing sent ahead of it
+    assert wire_of(proto, on_frame(proto, json.dumps({"type": "Finalize"}), 0.0)) == []  # nothing ahead of it
     result = fake_result(final.request, text="Hello.")
-    wire = [
-        m
-        for s2, a2 in proto.on_result(proto.sessions[0], final.request_id, result, None, 0.0, None)
-        for m in proto.render(s2, a2)
-    ]
-    (results,) = wire
+    (results,) = wire_of(proto, answered(proto.sessions[0], final.request_id, result))
     assert results["channel"]["alternatives"][0]["transcript"] == "hello"  # punctuate is off by default
     assert results["from_finalize"] and results["speech_final"] and results["is_final"]
 
@@ -194,7 +220,7 @@ def test_deepgram_multichannel_labels_each_channel():
     outs = on_frame(proto, pcm(stereo), 0.0) + on_frame(proto, json.dumps({"type": "Finalize"}), 0.0)
     finals = [(s, a) for s, a in outs if isinstance(a, Transcribe)]
     assert len(finals) == 1 and finals[0][0] is proto.sessions[0]
-    empty = [a.message for s, a in outs if s is None and isinstance(a, Send)]
+    empty = [m for m in wire_of(proto, outs) if m["type"] == "Results"]
     assert [m["channel_index"] for m in empty] == [[1, 2]]
 
 
@@ -346,7 +372,7 @@ def test_openai_a_click_under_server_vad_is_still_committed_and_completed_empty(
     audio = base64.b64encode(pcm(click)).decode()
     outs = on_frame(proto, json.dumps({"type": "input_audio_buffer.append", "audio": audio}), 0.0)
     assert not [a for _, a in outs if isinstance(a, Transcribe)]
-    events = [a.message for s, a in outs if s is None and isinstance(a, Send)]
+    events = wire_of(proto, outs)
     assert [e["type"] for e in events] == [
         "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped",
@@ -369,13 +395,11 @@ def test_openai_a_client_committed_turn_over_30_s_is_one_item():
         audio = base64.b64encode(data[i : i + 48000]).decode()
         outs += on_frame(proto, json.dumps({"type": "input_audio_buffer.append", "audio": audio}), 0.0)
     outs += on_frame(proto, json.dumps({"type": "input_audio_buffer.commit"}), 0.0)
-    for session, action in outs:
-        if isinstance(action, Transcribe) and action.kind == "final":
-            result = fake_result(action.request, text=next(texts))
-            for s2, a2 in proto.on_result(session, action.request_id, result, None, 0.0, None):
-                wire += proto.render(s2, a2)
-        elif session is None and isinstance(action, Send):
-            wire.append(action.message)
+    finals = [(session, a) for session, a in outs if isinstance(a, Transcribe) and a.kind == "final"]
+    wire += wire_of(proto, outs)  # sent before any result comes back, as the driver does
+    for session, action in finals:
+        result = fake_result(action.request, text=next(texts))
+        wire += wire_of(proto, answered(session, action.request_id, result))
     assert next(texts, None) is None  # two finals: one cut at 30 s, one at the commit
     committed = [m for m in wire if m["type"] == "input_audio_buffer.committed"]
     completed = [m for m in wire if m["type"].endswith("transcription.completed")]
@@ -392,22 +416,18 @@ def test_openai_events_and_format_fixed_after_audio():
     assert proto.start(0.0)[0][1].message["type"] == "session.created"
     audio = base64.b64encode(pcm(tone(1.0))).decode()
     outs = on_frame(proto, json.dumps({"type": "input_audio_buffer.append", "audio": audio}), 0.0)
-    started = [a.message for s, a in outs if s is None]
+    started = wire_of(proto, outs)
     assert started[0]["type"] == "input_audio_buffer.speech_started"
     outs = on_frame(proto, json.dumps({"type": "input_audio_buffer.commit"}), 0.0)
-    committed = [a.message for s, a in outs if s is None and isinstance(a, Send)]
+    committed = wire_of(proto, outs)
     assert (
         committed[0]["type"] == "input_audio_buffer.committed"
         and committed[0]["item_id"] == started[0]["item_id"]
     )
     final = next(a for _, a in outs if isinstance(a, Transcribe))
-    wire = [
-        m
-        for s, a in proto.on_result(
-            proto.session, final.request_id, fake_result(final.request, text="Hi there."), None, 0.0, None
-        )
-        for m in proto.render(s, a)
-    ]
+    wire = wire_of(
+        proto, answered(proto.session, final.request_id, fake_result(final.request, text="Hi there."))
+    )
     assert wire[-1]["type"] == "conversation.item.input_audio_transcription.completed"
     assert wire[-1]["transcript"] == "Hi there." and wire[-1]["item_id"] == started[0]["item_id"]
     _, answer = oa_update({"type": "transcription"})
@@ -442,24 +462,25 @@ def test_deepgram_and_openai_ways_to_pass_the_key(headers, ok):
         assert select_subprotocol(None, offered) == offered[0]
 
 
-def test_openai_server_vad_items_complete_once_after_a_cut_and_get_no_pause_finals():
-    """A 30 s cut, then the turn ends in silence: every item is committed, then completed, once."""
+def test_openai_a_turn_cut_at_30_s_is_one_item_committed_then_completed_once():
+    """A 30 s cut, then the turn ends in silence: one item, committed, then completed once with the text of
+    its finals (speculative and pause finals are on here as on every protocol)."""
     import base64
 
     proto = openai_realtime.OpenAIRealtimeProtocol(runtime())
-    assert proto.session.config.streaming_params.pause_final_after_s == 0  # an item is a whole turn
+    params = proto.session.config.streaming_params
+    assert params.speculative_finals and params.pause_final_after_s > 0
     wire: list[dict] = []
 
     def carry(outs) -> None:  # what the stream driver does: send, then answer finals as the engine would
         finals = []
         for session, action in outs:
-            if isinstance(action, Transcribe) and action.kind == "final":
+            if isinstance(action, Transcribe) and action.kind != "partial":
                 finals.append((session, action))
-            elif isinstance(action, Send | Event):
-                wire.extend(proto.render(session, action))
+            else:
+                wire.extend(wire_of(proto, [(session, action)]))
         for session, action in finals:
-            result = fake_result(action.request, text="words")
-            carry(proto.on_result(session, action.request_id, result, None, 0.0, None))
+            carry(answered(session, action.request_id, fake_result(action.request, text="words")))
 
     # at 24 kHz: 0.3 s of silence, 29.5 s of speech (cut at 30 s with its padding, just after it ends), 2 s
     data = pcm(np.concatenate([silence(0.45), tone(44.25), silence(3.0)]))
@@ -468,7 +489,9 @@ def test_openai_server_vad_items_complete_once_after_a_cut_and_get_no_pause_fina
         carry(on_frame(proto, json.dumps({"type": "input_audio_buffer.append", "audio": audio}), 0.0))
     committed = [m["item_id"] for m in wire if m["type"] == "input_audio_buffer.committed"]
     completed = [m["item_id"] for m in wire if m["type"].endswith("transcription.completed")]
-    assert len(committed) >= 2 and sorted(completed) == sorted(committed)  # the cut, and the turn's rest
+    assert len(committed) == 1 and completed == committed  # the cut and the turn's rest: one item
+    (done,) = [m for m in wire if m["type"].endswith("transcription.completed")]
+    assert done["transcript"] == "words"  # the piece; the rest of the turn was silence (an empty final)
     for item in completed:
         types = [m["type"] for m in wire if m.get("item_id") == item]
         assert types.index("input_audio_buffer.committed") < types.index(

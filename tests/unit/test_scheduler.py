@@ -57,7 +57,8 @@ async def test_finals_first_batched_and_unwanted_partials_dropped():
     scheduler.submit(Job("a", "partial", request(1.0), done("p-a")))
     await asyncio.sleep(0.01)  # the first call takes p-a and blocks on the gate
     scheduler.submit(Job("b", "partial", request(2.0), done("p-b")))
-    scheduler.submit(Job("c", "partial", request(2.5), done("p-c"), wanted=lambda: False))
+    scheduler.submit(Job("c", "partial", request(2.5), done("p-c"), request_id=7))
+    scheduler.cancel_request("c", 7)  # its utterance ended: the session cancels it
     for i, owner in enumerate("abcd"):
         scheduler.submit(Job(owner, "final", request(3.0 + i), done(f"f-{owner}")))
     engine.gate.set()
@@ -197,17 +198,20 @@ async def test_a_dead_scheduling_task_fails_queued_work_reports_unhealthy_and_re
     got: list[str | None] = []
     health: list[bool] = []
 
-    def boom() -> bool:
+    def boom(job, now) -> float:
         raise RuntimeError("bug while choosing a batch")
 
     def failed(r, e, t) -> None:
         got.append(e)
         health.append(scheduler.healthy)  # what /health reports while the requests are failed
 
+    usage_of = scheduler._usage_of
+    scheduler._usage_of = boom  # type: ignore[method-assign]
     scheduler.start()
     scheduler.submit(Job("a", "final", request(1.0), failed))
-    scheduler.submit(Job("b", "partial", request(1.0), lambda r, e, t: got.append(e), wanted=boom))
+    scheduler.submit(Job("b", "partial", request(1.0), lambda r, e, t: got.append(e)))
     await until(lambda: got)
+    scheduler._usage_of = usage_of  # type: ignore[method-assign]
     assert got and "scheduler error" in (got[0] or "") and health == [False]
     got.clear()
     scheduler.submit(Job("c", "final", request(1.0), lambda r, e, t: got.append(e)))  # after the restart
@@ -221,17 +225,19 @@ async def test_flush_finals_first_speculative_before_partials_and_confirmed_ones
     engine.max_batch_size = 2
     scheduler = Scheduler(engine)
     order: list[str] = []
-    confirmed = {"s-b": False}
 
     def done(tag):
         return lambda result, error, timing: order.append(tag if result is not None else f"shed {tag}")
 
     scheduler.submit(Job("a", "partial", request(1.0), done("p-a")))
-    scheduler.submit(Job("b", "speculative", request(1.1), done("s-b"), confirmed=lambda: confirmed["s-b"]))
-    scheduler.submit(Job("c", "speculative", request(1.2), done("s-c"), wanted=lambda: False))
+    scheduler.submit(Job("b", "speculative", request(1.1), done("s-b"), request_id=1))
+    scheduler.submit(Job("c", "speculative", request(1.2), done("s-c"), request_id=2))
     scheduler.submit(Job("d", "final", request(1.3), done("f-d")))
     scheduler.submit(Job("e", "final", request(1.4), done("f-e"), urgent=True))
-    confirmed["s-b"] = True  # its endpoint came while it was queued: it is a final now, first in line
+    scheduler.promote("b", 1)  # its endpoint came while it was queued: it is a final now, first in line
+    scheduler.cancel_request("c", 2)  # speech resumed: dropped unrun
+    scheduler.promote("c", 2)  # too late (a race): nothing to promote
+    scheduler.cancel_request("b", 1)  # a final now: never cancelled
     scheduler.start()
     engine.gate.set()
     await until(lambda: len(order) == 5)

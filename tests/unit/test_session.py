@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from tests.unit.fakes import SR, LoudnessVad, fake_result, pcm, silence, tone
+from tests.unit.fakes import BasetenStream, SR, LoudnessVad, fake_result, pcm, silence, tone
 from whisper_stream.config import parse_metadata
-from whisper_stream.session import Close, Send, Session, Transcribe
+from whisper_stream.core.events import Cancel, FlushAnswered, Promote, Transcribe
+from whisper_stream.driver import Send
+from whisper_stream.transport import Close
 
 
 def make(
@@ -32,10 +34,10 @@ def make(
         },
         "include_timing_info": timing,
     }
-    return Session(parse_metadata(meta), vad or LoudnessVad(), stream_id="s1")
+    return BasetenStream(parse_metadata(meta), vad or LoudnessVad(), stream_id="s1")
 
 
-def feed(session: Session, audio: np.ndarray, chunk: int = 1024) -> list:
+def feed(session: BasetenStream, audio: np.ndarray, chunk: int = 1024) -> list:
     data, actions = pcm(audio), []
     for i in range(0, len(data), chunk):
         actions += session.feed_audio(data[i : i + chunk], now=0.0)
@@ -46,11 +48,20 @@ def requests(actions, kind=None) -> list[Transcribe]:
     return [a for a in actions if isinstance(a, Transcribe) and (kind is None or a.kind == kind)]
 
 
+def promoted(actions) -> set[int]:
+    """Requests the session promoted in the scheduler (speculative decodes confirmed as finals)."""
+    return {a.request_id for a in actions if isinstance(a, Promote)}
+
+
+def cancelled(actions) -> set[int]:
+    return {a.request_id for a in actions if isinstance(a, Cancel)}
+
+
 def sent(actions) -> list[dict]:
     return [a.message for a in actions if isinstance(a, Send)]
 
 
-def answer(session: Session, req: Transcribe, **kw) -> list:
+def answer(session: BasetenStream, req: Transcribe, **kw) -> list:
     return session.on_result(req.request_id, fake_result(req.request, **kw), None, now=0.0)
 
 
@@ -117,7 +128,7 @@ def test_silence_only_stream_requests_nothing():
 
 
 def test_blips_shorter_than_min_speech_are_not_transcribed():
-    from whisper_stream.session import MIN_SPEECH_FRAMES
+    from whisper_stream.core.segmenter import MIN_SPEECH_FRAMES
 
     s = make()
     one_frame = 512 / SR
@@ -330,7 +341,7 @@ def test_a_long_pause_between_utterances_is_not_lag():
     """A caller on hold for two minutes: lag_s (what sheds partials at max_lag_s / 2 and closes the stream
     at max_lag_s) counts from the speech still owed a final, not from the last transcript sent."""
     meta = make().config
-    s = Session(meta, LoudnessVad(), stream_id="s1", max_partial_lag_s=60.0)
+    s = BasetenStream(meta, stream_id="s1", max_partial_lag_s=60.0)
     (f,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.5)])), "final")
     answer(s, f)
     feed(s, silence(125.0))
@@ -343,7 +354,7 @@ def test_a_long_pause_between_utterances_is_not_lag():
     s = make_meta({"whisper_params": {"enable_vad": False}})
     feed(s, silence(125.0))  # fixed windows of silence, each discarded
     assert s.lag_s <= 30.0
-    s = Session(make(partials=True).config, LoudnessVad(), stream_id="s1", max_partial_lag_s=60.0)
+    s = BasetenStream(make(partials=True).config, stream_id="s1", max_partial_lag_s=60.0)
     for req in requests(feed(s, np.concatenate([tone(1.0), silence(0.5)]))):
         answer(s, req)
     feed(s, silence(125.0))
@@ -357,9 +368,9 @@ def test_audio_after_end_audio_is_refused():
     assert msg["type"] == "error"
 
 
-def make_meta(meta: dict, vad=None) -> Session:
+def make_meta(meta: dict, vad=None) -> BasetenStream:
     meta = {**meta, "streaming_params": {"speculative_finals": False, **meta.get("streaming_params", {})}}
-    return Session(parse_metadata(meta), vad or LoudnessVad(), stream_id="s2")
+    return BasetenStream(parse_metadata(meta), vad or LoudnessVad(), stream_id="s2")
 
 
 def test_fixed_segmentation_without_vad_cuts_windows_and_skips_silent_ones():
@@ -460,7 +471,7 @@ def test_other_encodings_and_rates_find_the_same_speech(encoding, rate, width):
 # -- speculative finals: decoded from the first silent frame, sent once the endpoint or a flush confirms
 
 
-def frames_until(session: Session, audio: np.ndarray, kind: str) -> tuple[int, list]:
+def frames_until(session: BasetenStream, audio: np.ndarray, kind: str) -> tuple[int, list]:
     """Feed one 32 ms frame at a time; (index of the frame whose feed asked for `kind`, all actions)."""
     actions, at = [], None
     for i in range(0, len(audio), 512):
@@ -489,7 +500,7 @@ def test_speculative_window_and_options_are_the_plain_finals():
     plain, spec = make(speech_pad_ms=30), make(speech_pad_ms=30, speculative=True)
     finals = requests(feed(plain, audio), "final")
     acts = feed(spec, audio)
-    confirmed = [t for t in requests(acts, "speculative") if spec.speculative_confirmed(t.request_id)]
+    confirmed = [t for t in requests(acts, "speculative") if t.request_id in promoted(acts)]
     assert len(finals) == 2 and requests(acts, "final") == []
     for f, c in zip(finals, confirmed, strict=True):
         np.testing.assert_array_equal(f.request.audio, c.request.audio)
@@ -500,13 +511,12 @@ def test_speech_resuming_drops_the_speculative_result():
     s = make(speculative=True)
     acts = feed(s, np.concatenate([tone(1.0), silence(0.1)]))
     (early,) = requests(acts, "speculative")
-    assert s.speculative_wanted(early.request_id)
     assert sent(answer(s, early, text="too early")) == []  # arrived, held: not confirmed yet
     acts = feed(s, np.concatenate([tone(1.0), silence(0.1)]))  # speech resumes
-    assert not s.speculative_wanted(early.request_id)  # a queued one is shed unrun
+    assert cancelled(acts) == set()  # its result already arrived: nothing to cancel in the scheduler
     (late,) = requests(acts, "speculative")
     acts = feed(s, silence(0.5))
-    assert requests(acts) == [] and s.speculative_confirmed(late.request_id)
+    assert requests(acts) == [] and promoted(acts) == {late.request_id}
     msgs = sent(answer(s, late, text="whole"))
     assert [m["transcript"] for m in msgs] == ["whole"]
     assert late.start_s == 0.0 and late.end_s == pytest.approx(2.1, abs=0.033)
@@ -537,14 +547,15 @@ def test_flush_before_the_speculative_result_waits_for_it_and_promotes_it():
     (spec,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.1)])), "speculative")
     acts = s.handle_text("finalize", now=0.0)
     assert requests(acts) == [] and sent(acts) == []
-    assert s.speculative_confirmed(spec.request_id)  # the scheduler moves it ahead, never sheds it
+    assert promoted(acts) == {spec.request_id}  # the scheduler moves it ahead, never sheds it
     assert [m["transcript"] for m in sent(answer(s, spec, text="hi"))] == ["hi"]
 
 
 def test_flush_after_new_speech_decodes_then_and_is_urgent():
     s = make(speculative=True)
-    (spec,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.1), tone(0.5)])), "speculative")
-    assert not s.speculative_wanted(spec.request_id)
+    acts = feed(s, np.concatenate([tone(1.0), silence(0.1), tone(0.5)]))
+    (spec,) = requests(acts, "speculative")
+    assert cancelled(acts) == {spec.request_id}  # speech resumed: a queued one is dropped unrun
     (final,) = requests(s.handle_text("finalize", now=0.0), "final")
     assert final.urgent and final.end_s == pytest.approx(1.6, abs=0.033)
 
@@ -566,7 +577,8 @@ def test_shed_speculation_falls_back_to_a_plain_final():
 def test_speculative_finals_keep_order_and_numbers():
     s = make(speculative=True)
     audio = np.concatenate([tone(1.0), silence(0.5), tone(1.0), silence(0.5)])
-    specs = [t for t in requests(feed(s, audio), "speculative") if s.speculative_confirmed(t.request_id)]
+    acts = feed(s, audio)
+    specs = [t for t in requests(acts, "speculative") if t.request_id in promoted(acts)]
     f1, f2 = specs
     assert sent(answer(s, f2, text="second")) == []
     msgs = sent(answer(s, f1, text="first"))
@@ -587,14 +599,16 @@ def test_frequent_flushes_lose_no_speech():
     assert finals[-1].end_s == pytest.approx(2.0, abs=0.033)
 
 
-def test_finalize_turn_says_whether_a_final_is_coming():
+def test_a_flush_is_answered_by_a_final_or_at_once():
     s = make(speculative=True)
-    assert s.finalize_turn() == ([], False)  # nothing open: a protocol answers its flush empty, at once
+    assert [type(a) for a in s.finalize()] == [FlushAnswered]  # nothing open: answered empty, at once
     acts = feed(s, np.concatenate([tone(1.0), silence(0.1)]))  # a speculative decode is in flight
-    assert requests(acts, "speculative")
-    actions, coming = s.finalize_turn()
-    assert actions == [] and coming  # confirmed: its result will be the final, nothing new to decode
+    (spec,) = requests(acts, "speculative")
+    assert promoted(s.finalize()) == {spec.request_id}  # confirmed: its result will be the final
+    assert s.finalize() == []  # nothing new, a final on its way: that final answers this flush too
+    (msg,) = sent(answer(s, spec, text="hi"))
+    assert msg["transcript"] == "hi"
+    assert s.session._flight.finals_outstanding == 0
     s2 = make()
     feed(s2, tone(1.0))
-    actions, coming = s2.finalize_turn()
-    assert requests(actions, "final") and coming
+    assert requests(s2.finalize(), "final")

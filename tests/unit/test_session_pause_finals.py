@@ -5,17 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.unit.fakes import LoudnessVad, fake_result, silence, tone
+from tests.unit.fakes import BasetenStream, LoudnessVad, fake_result, silence, tone
 from tests.unit.test_session import answer, feed, frames_until, requests, sent
 from whisper_stream.config import parse_metadata
 from whisper_stream.engines.interface import TranscribeResult
-from whisper_stream.session import PAUSE_FINAL_MS, Event, Send, Session
+from whisper_stream.core.events import Transcript, TurnEvent
+from whisper_stream.core.segmenter import PAUSE_FINAL_MS
+from whisper_stream.driver import Send
 
 PAUSE_S = 0.15  # longer than PAUSE_FINAL_MS, far shorter than the 300 ms endpoint
 PAD_S = 0.03
 
 
-def make(after_s: float = 4.0, speculative: bool = True, events: bool = False, **streaming) -> Session:
+def make(after_s: float = 4.0, speculative: bool = True, **streaming) -> BasetenStream:
     meta = {
         "streaming_vad_config": {"min_silence_duration_ms": 300, "speech_pad_ms": int(PAD_S * 1000)},
         "streaming_params": {
@@ -24,15 +26,15 @@ def make(after_s: float = 4.0, speculative: bool = True, events: bool = False, *
             **streaming,
         },
     }
-    return Session(parse_metadata(meta), LoudnessVad(), stream_id="s", events=events)
+    return BasetenStream(parse_metadata(meta), LoudnessVad(), stream_id="s")
 
 
-def finals_of(session: Session, acts: list) -> list:
+def finals_of(session: BasetenStream, acts: list) -> list:
     """Final requests, plain or speculative ones the session has confirmed."""
     return [
         t
         for t in requests(acts)
-        if t.kind == "final" or (t.kind == "speculative" and session.speculative_confirmed(t.request_id))
+        if t.kind == "final" or (t.kind == "speculative" and t.request_id in session.promoted)
     ]
 
 
@@ -54,17 +56,17 @@ def test_the_pause_final_is_the_speculative_decode_confirmed_after_the_pause_len
     at, acts = frames_until(s, audio, "speculative")
     assert at == 141  # 4.512 s = 141 frames of tone: the pause's first frame starts the decode
     (spec,) = requests(acts, "speculative")
-    assert s.speculative_confirmed(spec.request_id) and requests(acts, "final") == []
+    assert spec.request_id in s.promoted and requests(acts, "final") == []
     # confirmed once the pause lasted PAUSE_FINAL_MS, long before the 300 ms endpoint
     s2 = make()
     feed(s2, tone(4.512))
     frames = round(PAUSE_FINAL_MS / 32)
     (spec2,) = requests(feed(s2, silence(frames * 0.032)), "speculative")
-    assert s2.speculative_confirmed(spec2.request_id)
+    assert spec2.request_id in s2.promoted
     s3 = make()
     feed(s3, tone(4.512))
     (spec3,) = requests(feed(s3, silence((frames - 1) * 0.032)), "speculative")
-    assert not s3.speculative_confirmed(spec3.request_id)
+    assert not spec3.request_id in s3.promoted
 
 
 @pytest.mark.parametrize(
@@ -87,42 +89,46 @@ def test_without_speculation_the_pause_final_is_decoded_at_the_cut():
 
 def test_client_committed_turns_get_no_pause_finals():
     meta = {"streaming_params": {"pause_final_after_s": 1.0}}
-    s = Session(parse_metadata(meta), LoudnessVad(), stream_id="s", events=True, end_on_silence=False)
+    s = BasetenStream(parse_metadata(meta), LoudnessVad(), stream_id="s", end_on_silence=False)
     acts = feed(s, np.concatenate([tone(2.0), silence(PAUSE_S), tone(1.0), silence(0.5)]))
     assert finals_of(s, acts) == [] and s.in_speech
 
 
-def _infos(actions) -> list:
-    return [a.info for a in actions if isinstance(a, Send) and a.info is not None]
+def _infos(actions) -> list[Transcript]:
+    """The non-empty transcripts (what the old session's TranscriptInfo described)."""
+    return [a for a in actions if isinstance(a, Transcript) and a.segments]
+
+
+def _empty_finals(actions) -> list[Transcript]:
+    return [a for a in actions if isinstance(a, Transcript) and a.kind == "final" and not a.segments]
 
 
 def test_a_pause_that_becomes_the_endpoint_gives_the_piece_the_endpoints_cause():
     """Decoding still when the endpoint comes: the piece leaves as the utterance's (endpoint) final."""
-    s = make(events=True)
+    s = make()
     acts = feed(s, np.concatenate([tone(4.512), silence(1.0)]))
     (piece,) = finals_of(s, acts)
-    assert not [a for a in acts if isinstance(a, Event) and a.kind == "final_empty"]
+    assert not _empty_finals(acts)
     (info,) = _infos(answer(s, piece, text="all of it"))
     assert info.cause == "endpoint"
 
 
 def test_a_piece_already_sent_gets_an_empty_final_carrying_the_endpoint():
-    s = make(events=True)
+    s = make()
     acts = feed(s, np.concatenate([tone(4.512), silence(PAUSE_S)]))
     (piece,) = finals_of(s, acts)
     (info,) = _infos(answer(s, piece, text="all of it"))
     assert info.cause == "pause"
     acts = feed(s, silence(1.0))
-    (event,) = [a for a in acts if isinstance(a, Event) and a.kind == "final_empty"]
-    assert event.info is not None and event.info.cause == "endpoint" and requests(acts) == []
+    (empty,) = _empty_finals(acts)
+    assert empty.cause == "endpoint" and not empty.continues and requests(acts) == []
 
 
 def test_a_flush_after_the_piece_is_answered_by_it():
     s = make()
     (piece,) = finals_of(s, feed(s, np.concatenate([tone(4.512), silence(PAUSE_S)])))
-    actions, coming = s.finalize_turn()
-    assert actions == [] and not coming  # nothing of its own to finalize: only silence since the cut
-    assert s.answer_flush_with_outstanding()  # the piece, still decoding, answers the flush
+    # nothing of its own to finalize (only silence since the cut): the piece, still decoding, answers it
+    assert s.finalize() == []
     (info,) = _infos(answer(s, piece, text="all of it"))
     assert info.answers_flush
 
@@ -132,15 +138,15 @@ def test_no_partial_of_the_silence_after_a_cut():
         "streaming_vad_config": {"min_silence_duration_ms": 2000, "speech_pad_ms": 30},
         "streaming_params": {"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.2},
     }
-    s = Session(parse_metadata(meta), LoudnessVad(), stream_id="s")
+    s = BasetenStream(parse_metadata(meta), LoudnessVad(), stream_id="s")
     acts: list = []
     for i in range(0, 16000 * 6, 512):  # 4.5 s of speech, then 1.5 s of silence; partials answered at once
         acts += feed(s, tone(4.512)[i : i + 512] if i < 4.512 * 16000 else silence(0.032))
         for p in requests(acts, "partial"):
-            if s.partial_wanted(p.request_id):
+            if p.request_id not in s.cancelled:
                 answer(s, p)
     (piece,) = finals_of(s, acts)  # the cut came after 100 ms of silence; the endpoint only comes at 2 s
-    assert s.in_speech and [p for p in requests(acts, "partial") if p.segment > piece.segment] == []
+    assert s.in_speech and [p for p in requests(acts, "partial") if p.number > piece.number] == []
 
 
 def test_end_audio_marks_the_piece_still_on_its_way_as_the_flush():
@@ -170,13 +176,13 @@ def test_utterance_end_follows_the_last_piece():
         "streaming_vad_config": {"min_silence_duration_ms": 300, "speech_pad_ms": 30},
         "streaming_params": {"pause_final_after_s": 4.0},
     }
-    s = Session(parse_metadata(meta), LoudnessVad(), stream_id="s", events=True, utterance_end_ms=1000)
+    s = BasetenStream(parse_metadata(meta), LoudnessVad(), stream_id="s", utterance_end_ms=1000)
     acts = feed(s, np.concatenate([tone(4.512), silence(0.5)]))
     (piece,) = finals_of(s, acts)
-    assert not [a for a in acts if isinstance(a, Event) and a.kind == "utterance_end"]
+    assert not [a for a in acts if isinstance(a, TurnEvent) and a.kind == "utterance_end"]
     answer(s, piece)
     acts = feed(s, silence(1.0))
-    (end,) = [a for a in acts if isinstance(a, Event) and a.kind == "utterance_end"]
+    (end,) = [a for a in acts if isinstance(a, TurnEvent) and a.kind == "utterance_end"]
     assert end.time_s == pytest.approx(piece.end_s)
 
 
@@ -202,13 +208,13 @@ def test_a_piece_decoded_before_its_cut_passes_its_language_on():
             "streaming_vad_config": {"min_silence_duration_ms": 300, "speech_pad_ms": 30},
             "whisper_params": {"audio_language": "auto"},
         }
-        s = Session(parse_metadata(meta), LoudnessVad(), stream_id="s")
+        s = BasetenStream(parse_metadata(meta), LoudnessVad(), stream_id="s")
         feed(s, tone(3.2))
         (spec,) = requests(feed(s, silence(0.064)), "speculative")
         if answer_first:
             s.on_result(spec.request_id, result(spec, "de"), None, 0.0)
         feed(s, silence(0.1))
-        assert s.speculative_confirmed(spec.request_id) or answer_first
+        assert spec.request_id in s.promoted or answer_first
         if not answer_first:
             s.on_result(spec.request_id, result(spec, "de"), None, 0.0)
         (nxt,) = requests(feed(s, np.concatenate([tone(1.0), silence(0.064)])), "speculative")

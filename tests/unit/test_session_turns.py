@@ -7,15 +7,19 @@ import json
 
 import numpy as np
 
-from tests.unit.fakes import LoudnessVad, silence, tone
+from tests.unit.fakes import BasetenStream, LoudnessVad, silence, tone
 from tests.unit.test_session import answer, feed, make, requests, sent
 from whisper_stream.config import StreamConfig, parse_metadata
 from whisper_stream.engines.interface import Segment, TranscribeResult, Word
-from whisper_stream.session import Event, Send, Session
+from whisper_stream.core.events import Transcript, TurnEvent
 
 
-def events(actions, kind=None) -> list[Event]:
-    return [a for a in actions if isinstance(a, Event) and (kind is None or a.kind == kind)]
+def events(actions, kind=None) -> list[TurnEvent]:
+    return [a for a in actions if isinstance(a, TurnEvent) and (kind is None or a.kind == kind)]
+
+
+def transcripts(actions) -> list[Transcript]:
+    return [a for a in actions if isinstance(a, Transcript)]
 
 
 def plain(meta: dict) -> StreamConfig:
@@ -23,18 +27,18 @@ def plain(meta: dict) -> StreamConfig:
     return parse_metadata({**meta, "streaming_params": {"speculative_finals": False}})
 
 
-def with_events(**kw) -> Session:
+def with_events(**kw) -> BasetenStream:
     meta = {
         "streaming_vad_config": {"min_silence_duration_ms": 300, "speech_pad_ms": 0},
         "streaming_params": {"speculative_finals": False},  # the plain path; speculation: test_session.py
     }
-    return Session(parse_metadata(meta), LoudnessVad(), stream_id="s", events=True, **kw)
+    return BasetenStream(parse_metadata(meta), LoudnessVad(), stream_id="s", **kw)
 
 
-def test_baseten_sessions_emit_no_events():
+def test_baseten_renders_no_turn_events():
     s = make()
     acts = feed(s, np.concatenate([silence(0.5), tone(1.0), silence(1.0)]))
-    assert not events(acts) and len(requests(acts, "final")) == 1
+    assert events(acts) and not sent(acts) and len(requests(acts, "final")) == 1
 
 
 def test_speech_started_stopped_and_causes():
@@ -44,19 +48,22 @@ def test_speech_started_stopped_and_causes():
     assert len(started) == len(stopped) == 1
     assert abs(started[0].time_s - 0.5) < 0.04 and abs(stopped[0].time_s - 1.5) < 0.04
     final = requests(acts, "final")[0]
-    msg = [a for a in answer(s, final, text="hello") if isinstance(a, Send)][0]
-    assert msg.info.cause == "endpoint" and msg.info.kind == "final" and msg.message["transcript"] == "hello"
+    (t,) = transcripts(answer(s, final, text="hello"))
+    assert t.cause == "endpoint" and t.kind == "final" and t.text == "hello" and not t.answers_flush
+    (end,) = events(acts, "end_of_turn")
+    assert end.cause == "endpoint" and end.has_final and end.utterance == t.utterance == 0
     feed(s, tone(1.0))
     final = requests(s.finalize(), "final")[0]
-    msg = [a for a in answer(s, final) if isinstance(a, Send)][0]
-    assert msg.info.cause == "finalize"
+    (t,) = transcripts(answer(s, final))
+    assert t.cause == "finalize" and t.answers_flush and t.utterance == 1
 
 
-def test_empty_final_is_reported_as_event():
+def test_an_empty_final_is_a_transcript_baseten_does_not_send():
     s = with_events()
     final = requests(feed(s, np.concatenate([tone(1.0), silence(1.0)])), "final")[0]
     acts = answer(s, final, text="")
-    assert not sent(acts) and events(acts, "final_empty")[0].info.segment == final.segment
+    (t,) = transcripts(acts)
+    assert not sent(acts) and t.number == final.number and t.segments == () and t.kind == "final"
 
 
 def test_utterance_end_after_its_finals_and_enough_silence():
@@ -94,7 +101,7 @@ def test_update_config_applies_from_the_next_utterance():
 def test_an_outstanding_final_is_sent_with_the_settings_it_was_requested_with():
     """update_config applies when the segment closes, while its final is still being decoded: that final
     keeps its word timestamps, and is not filtered as an echo of the new prompt."""
-    s = Session(plain({"whisper_params": {"show_word_timestamps": True}}), LoudnessVad(), stream_id="s")
+    s = BasetenStream(plain({"whisper_params": {"show_word_timestamps": True}}), stream_id="s")
     final = requests(feed(s, np.concatenate([tone(1.0), silence(1.0)])), "final")[0]
     config = plain({"whisper_params": {"show_word_timestamps": False, "prompt": "okay"}})
     assert s.update_config(config) is True

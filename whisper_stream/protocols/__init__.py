@@ -1,5 +1,5 @@
-"""Wire protocols besides Baseten's (which `stream.py` speaks): each module only translates names and shapes
-onto the same sessions, scheduler and engines. `handshake` checks a request before the upgrade (so a bad
+"""The wire protocols, equal adapters of the neutral core (Baseten's, Deepgram's, OpenAI's): each module only
+translates names and shapes onto the same sessions, scheduler and engines. `handshake` checks a request before the upgrade (so a bad
 parameter is an HTTP error in the protocol's own shape); `open_protocol` builds the adapter for a stream.
 """
 
@@ -9,8 +9,9 @@ import json
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
-from whisper_stream.protocols import deepgram, openai_realtime
-from whisper_stream.stream import Runtime, StreamProtocol
+from whisper_stream.driver import StreamProtocol
+from whisper_stream.protocols import baseten, deepgram, openai_realtime
+from whisper_stream.runtime import Runtime
 
 PATHS = (deepgram.PATH, openai_realtime.PATH)
 
@@ -44,11 +45,11 @@ def handshake(path: str, runtime: Runtime) -> tuple[int, str, dict[str, str]] | 
     return None
 
 
-def open_protocol(path: str, runtime: Runtime) -> StreamProtocol | None:
-    """The adapter for an upgraded request (None: Baseten's protocol)."""
+def open_protocol(path: str, runtime: Runtime) -> StreamProtocol:
+    """The adapter for an upgraded request (Baseten's on every other path)."""
     url = urlsplit(path)
     if url.path.rstrip("/") == deepgram.PATH:
         return deepgram.DeepgramProtocol(deepgram.check(url.query, runtime), runtime)
     if url.path.rstrip("/") == openai_realtime.PATH:
         return openai_realtime.OpenAIRealtimeProtocol(runtime)
-    return None
+    return baseten.BasetenProtocol(runtime)

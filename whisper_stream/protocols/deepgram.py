@@ -25,8 +25,11 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from whisper_stream.config import ConfigError, StreamConfig, StreamingParams, VadConfig, WhisperParams
-from whisper_stream.session import Close, Event, Send, Session
-from whisper_stream.stream import Audio, Out, Runtime
+from whisper_stream.core.events import Finished, FlushAnswered, Notice, Result, Transcript, TurnEvent
+from whisper_stream.core.session import Session
+from whisper_stream.driver import Audio, EndAudio, Out, Send
+from whisper_stream.runtime import Limits, Runtime
+from whisper_stream.transport import Close, Transport
 
 PATH = "/v1/listen"
 ENDPOINTING_FLOOR_MS = 300  # below this Whisper gets phrase fragments; Deepgram's 10 / 25 ms become 300
@@ -307,13 +310,15 @@ class DeepgramProtocol:
         return runtime.session(
             options.config,
             stream_id=f"{self.request_id}/{channel}",
-            events=True,
             utterance_end_ms=options.utterance_end_ms,
         )
 
     @property
     def finished(self) -> bool:
         return self._finished
+
+    async def handshake(self, transport: Transport, limits: Limits) -> bool:
+        return True  # its parameters were checked before the upgrade (`check`)
 
     # -- in ----------------------------------------------------------------------------------------------
 
@@ -366,19 +371,8 @@ class DeepgramProtocol:
     def audio_only(self, frame: str) -> bool:
         return False
 
-    def on_actions(self, session: Session, actions: list[Any]) -> list[Out]:
-        return self._wrap(session, actions)
-
     def _finalize(self) -> list[Out]:
-        outs: list[Out] = []
-        for i, session in enumerate(self.sessions):
-            actions, final_coming = session.finalize_turn()
-            if not final_coming and not session.answer_flush_with_outstanding():  # nothing pending: now
-                outs.append(
-                    (None, Send(self._results(i, "", [], session.received_s, 0.0, True, False, True)))
-                )
-            outs += self._wrap(session, actions)
-        return outs
+        return [(session, a) for session in self.sessions for a in session.finalize()]
 
     def _close_stream(self, now: float) -> list[Out]:
         if self._closing:
@@ -386,10 +380,7 @@ class DeepgramProtocol:
         self._closing = True
         if self.options.channels > 1 and self._carry:
             self._carry = b""
-        outs: list[Out] = []
-        for session in self.sessions:
-            outs += self._wrap(session, session.end_audio(now))
-        return outs
+        return [(session, EndAudio()) for session in self.sessions]
 
     def _configure(self, msg: dict[str, Any]) -> list[Out]:
         """Deepgram's `Configure` (keyterms, features), plus this server's `language` and `endpointing`."""
@@ -448,99 +439,69 @@ class DeepgramProtocol:
             success["keyterms"] = list(self.options.keyterms)
         return [(None, Send(success))]
 
-    def on_result(
-        self, session: Session, request_id: int, result: Any, error: str | None, now: float, timing: Any
-    ) -> list[Out]:
-        return self._wrap(session, session.on_result(request_id, result, error, now, timing))
-
-    def _wrap(self, session: Session, actions: Sequence[Any]) -> list[Out]:
-        """The session's actions, with its Close held back until every channel finished (then Metadata)."""
-        outs: list[Out] = []
-        for action in actions:
-            if isinstance(action, Close):
-                self._done.add(id(session))
-                if len(self._done) == len(self.sessions) and not self._finished:
-                    self._finished = True
-                    outs += [(None, Send(self._metadata())), (None, Close(1000, ""))]
-            else:
-                outs.append((session, action))
-        return outs
-
     # -- out ---------------------------------------------------------------------------------------------
 
-    def render(self, session: Session | None, action: Send | Event) -> list[dict[str, Any]]:
-        if session is None:
-            return [action.message] if isinstance(action, Send) else []
-        channel = self._channel[id(session)]
-        if isinstance(action, Event):
-            return self._event(channel, session, action)
-        msg = action.message
-        kind = msg.get("type")
-        if kind == "transcription" and action.info is not None:
-            return [self._transcription(channel, msg, action.info)]
-        if kind == "error":
-            body = msg["body"]
-            return [self._error(body["error_type"], body["message"])]
-        return []  # Baseten's own acknowledgements (end_audio, update_config, health_check)
-
-    def _event(self, channel: int, session: Session, event: Event) -> list[dict[str, Any]]:
-        n = self.options.channels
-        if event.kind == "speech_started" and self.options.vad_events:
-            return [{"type": "SpeechStarted", "channel": [channel, n], "timestamp": round(event.time_s, 3)}]
-        if event.kind == "utterance_end":
-            last = self._last_word_end[channel] or event.time_s
-            return [{"type": "UtteranceEnd", "channel": [channel, n], "last_word_end": round(last, 3)}]
-        if event.kind == "final_empty" and event.info is not None:
-            info = event.info
-            return [
-                self._results(
-                    channel,
-                    "",
-                    [],
-                    info.start_s,
-                    info.end_s - info.start_s,
-                    True,
-                    self.options.endpointing and info.cause == "endpoint",
-                    info.answers_flush,
-                )
-            ]
+    def render(self, session: Session | None, result: Result) -> list[dict[str, Any] | Close]:
+        assert session is not None
+        channel, n = self._channel[id(session)], self.options.channels
+        if isinstance(result, Transcript):
+            return [self._transcription(channel, result)]
+        if isinstance(result, TurnEvent):
+            if result.kind == "speech_started" and self.options.vad_events:
+                return [
+                    {"type": "SpeechStarted", "channel": [channel, n], "timestamp": round(result.time_s, 3)}
+                ]
+            if result.kind == "utterance_end":
+                last = self._last_word_end[channel] or result.time_s
+                return [{"type": "UtteranceEnd", "channel": [channel, n], "last_word_end": round(last, 3)}]
+            return []
+        if isinstance(result, FlushAnswered):  # nothing to finalize: answered at once, empty
+            return [self._results(channel, "", [], result.time_s, 0.0, True, False, True)]
+        if isinstance(result, Notice):
+            return [self._error(result.kind, result.message)]
+        if isinstance(result, Finished):  # the stream closes once every channel finished
+            self._done.add(id(session))
+            if len(self._done) == len(self.sessions) and not self._finished:
+                self._finished = True
+                return [self._metadata(), Close(1000, "")]
         return []
 
-    def _transcription(self, channel: int, msg: dict[str, Any], info: Any) -> dict[str, Any]:
+    def _transcription(self, channel: int, t: Transcript) -> dict[str, Any]:
         words = []
         punctuate = self.options.punctuate
-        for seg in msg["segments"]:
-            for w in seg.get("word_timestamps", []):
-                plain = _plain(w["word"])
+        for seg in t.segments:
+            for w in seg.words or ():
+                plain = _plain(w.text)
                 if not plain:
                     continue
                 word = {
                     "word": plain,
-                    "start": w["start_time"],
-                    "end": w["end_time"],
-                    "confidence": w["prob"],
+                    "start": round(w.start_s, 3),
+                    "end": round(w.end_s, 3),
+                    "confidence": round(w.prob, 4),
                 }
                 if punctuate:
-                    word["punctuated_word"] = w["word"]
+                    word["punctuated_word"] = w.text
                 words.append(word)
-        plain = " ".join(p for p in (_plain(t) for t in msg["transcript"].split()) if p)
-        transcript = msg["transcript"] if punctuate else plain
-        final = info.kind == "final"
+        text = t.text
+        transcript = text if punctuate else " ".join(p for p in (_plain(w) for w in text.split()) if p)
+        final = t.kind == "final"
         if final and words:
             self._last_word_end[channel] = words[-1]["end"]
         results = self._results(
             channel,
             transcript,
             words,
-            info.start_s,
-            info.end_s - info.start_s,
+            t.start_s,
+            t.end_s - t.start_s,
             final,
-            final and self.options.endpointing and info.cause == "endpoint",
-            final and info.answers_flush,
+            final and self.options.endpointing and t.cause == "endpoint",
+            final and t.answers_flush,
         )
-        results["channel"]["alternatives"][0]["confidence"] = msg["confidence"]
-        if msg.get("language_code"):
-            results["channel"]["alternatives"][0]["languages"] = [msg["language_code"]]
+        alternative = results["channel"]["alternatives"][0]
+        alternative["confidence"] = round(t.confidence, 4)
+        if t.segments and t.language:
+            alternative["languages"] = [t.language]
         return results
 
     def _results(

@@ -2,9 +2,14 @@
 same sessions, scheduler and engines.
 
 Only names and shapes live here: `session.update` -> a `StreamConfig` (before any audio) or the session's
-`update_config` (from the next utterance); `input_audio_buffer.append` / `.commit` / `.clear` -> feed_audio /
-finalize / clear; the session's turn events and transcriptions -> `input_audio_buffer.speech_started` /
+`update_config` (from the next utterance); `input_audio_buffer.append` / `.commit` / `.clear` -> audio /
+finalize / clear; the core's turn events and transcripts -> `input_audio_buffer.speech_started` /
 `speech_stopped` / `committed`, `conversation.item.input_audio_transcription.delta` / `.completed`.
+
+One item per turn. Speculative and pause finals are on as on every protocol, so a long turn's text may come
+as several finals: they are joined into the turn's one `completed` (their words arrive as deltas meanwhile).
+One item per piece would make a voice agent (LiveKit's and pipecat's OpenAI plugins answer each `completed`)
+reply to half a sentence; OpenAI's own server sends one `completed` per committed item.
 
 Deltas: each partial re-transcribes the whole utterance, while OpenAI's deltas only append. A delta carries
 the partial's words beyond those already sent, except its last word (often cut mid-word), and only while the
@@ -21,8 +26,11 @@ import uuid
 from typing import Any
 
 from whisper_stream.config import ConfigError, StreamConfig, StreamingParams, VadConfig, WhisperParams, short
-from whisper_stream.session import Close, Event, Send, Session, Transcribe
-from whisper_stream.stream import Audio, Out, Runtime
+from whisper_stream.core.events import Finished, FlushAnswered, Notice, Result, Transcript, TurnEvent
+from whisper_stream.core.session import Session
+from whisper_stream.driver import Audio, Out, Send
+from whisper_stream.runtime import Limits, Runtime
+from whisper_stream.transport import Close, Transport
 
 PATH = "/v1/realtime"
 PARTIAL_INTERVAL_S = 1.0
@@ -78,13 +86,11 @@ class OpenAIRealtimeProtocol:
         self.session = self._new_session(self._config(self._fields), True)
         self._audio_seen = False
         self._appended = 0  # bytes since the last commit
-        self._open_item: str | None = None
-        self._items: dict[int, str] = {}  # session segment -> item id
+        self._items: dict[int, str] = {}  # utterance -> its item, until its completed
+        self._open: int | None = None  # the utterance speech started and no turn end came for yet
         self._last_item: str | None = None
-        self._sent: dict[str, list[str]] = {}  # item -> words already sent as deltas
-        # client-committed turns longer than Whisper's 30 s window: finals of the pieces before the commit
-        self._pieces: set[int] = set()  # segments that are such a piece
-        self._carried: dict[str, tuple[str, float]] = {}  # item -> (its pieces' text, its start)
+        self._sent: dict[str, list[str]] = {}  # item -> words of its current final already sent as deltas
+        self._carried: dict[str, tuple[str, float]] = {}  # item -> (its earlier finals' text, its start)
         self._finished = False
 
     @property
@@ -96,7 +102,10 @@ class OpenAIRealtimeProtocol:
         return self._finished
 
     def _new_session(self, config: StreamConfig, end_on_silence: bool) -> Session:
-        return self._runtime.session(config, stream_id=self.id, events=True, end_on_silence=end_on_silence)
+        return self._runtime.session(config, stream_id=self.id, end_on_silence=end_on_silence)
+
+    async def handshake(self, transport: Transport, limits: Limits) -> bool:
+        return True  # the intent was checked before the upgrade
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -119,11 +128,6 @@ class OpenAIRealtimeProtocol:
                 sample_rate=rate,
                 enable_partial_transcripts=True,
                 partial_transcript_interval_s=PARTIAL_INTERVAL_S,
-                # an item is committed when its final is requested; a speculative decode may still be
-                # dropped, so this adapter keeps the plain path (its commit stays fast: an urgent final)
-                speculative_finals=False,
-                # an item is one turn, as turn_detection ends it: no finals at pauses inside it
-                pause_final_after_s=0.0,
             ),
             whisper_params=WhisperParams(audio_language=language, prompt=tr.get("prompt") or ""),
         )
@@ -254,8 +258,10 @@ class OpenAIRealtimeProtocol:
                 return self._commit()
             if kind == "input_audio_buffer.clear":
                 self._appended = 0
-                self._open_item = None
-                outs = self._wrap(self.session.clear())
+                if self._open is not None:
+                    self._items.pop(self._open, None)
+                    self._open = None
+                outs: list[Out] = [(self.session, a) for a in self.session.clear()]
                 return outs + [self._own({"type": "input_audio_buffer.cleared"})]
         except RealtimeError as exc:
             return [self._error(str(exc), exc.param, client_id, exc.code)]
@@ -320,9 +326,6 @@ class OpenAIRealtimeProtocol:
             self._parsed = (frame, json.loads(frame))
         return self._parsed[1]
 
-    def on_actions(self, session: Session, actions: list[Any]) -> list[Out]:
-        return self._wrap(actions)
-
     def _commit(self) -> list[Out]:
         if self._appended == 0:
             raise RealtimeError(
@@ -331,136 +334,87 @@ class OpenAIRealtimeProtocol:
                 "input_audio_buffer_commit_empty",
             )
         self._appended = 0
-        actions, final_coming = self.session.finalize_turn()
-        outs = self._wrap(actions)
-        if not final_coming:
-            item = self._item_for_commit()  # no speech in the turn: an empty transcript, at once
-            outs += [self._committed(item), self._own(self._completed(item, "", 0.0))]
-        return outs
+        return [(self.session, a) for a in self.session.finalize()]
 
-    def on_result(
-        self, session: Session, request_id: int, result: Any, error: str | None, now: float, timing: Any
-    ) -> list[Out]:
-        if session is not self.session:
-            return []
-        return self._wrap(session.on_result(request_id, result, error, now, timing))
+    # -- items: one per turn, its finals joined into its one completed ------------------------------------
 
-    # -- items -------------------------------------------------------------------------------------------
+    def _item(self, utterance: int) -> str:
+        if utterance not in self._items:
+            self._items[utterance] = "item_" + uuid.uuid4().hex[:20]
+        return self._items[utterance]
 
-    def _new_item(self) -> str:
-        return "item_" + uuid.uuid4().hex[:20]
-
-    def _item_for_commit(self) -> str:
-        item = self._open_item or self._new_item()
-        self._open_item = None
-        return item
-
-    def _committed(self, item: str) -> Out:
+    def _committed(self, item: str) -> dict[str, Any]:
         previous, self._last_item = self._last_item, item
-        return self._own(
-            {"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item}
-        )
-
-    def _wrap(self, actions: list[Any]) -> list[Out]:
-        outs: list[Out] = []
-        vad = self._fields["turn_detection"] is not None
-        stopped = None  # an item whose speech_stopped went out: it is committed, even if it held no words
-        for action in actions:
-            if isinstance(action, Event) and action.kind in ("speech_started", "speech_stopped"):
-                if action.kind == "speech_started":
-                    self._open_item = self._new_item()
-                self._open_item = self._open_item or self._new_item()
-                if vad:
-                    key = "audio_start_ms" if action.kind == "speech_started" else "audio_end_ms"
-                    event = {"type": f"input_audio_buffer.{action.kind}", key: int(action.time_s * 1000)}
-                    outs.append(self._own({**event, "item_id": self._open_item}))
-                    stopped = self._open_item if action.kind == "speech_stopped" else None
-                continue
-            if isinstance(action, Transcribe):
-                if action.kind == "partial":
-                    self._open_item = self._open_item or self._new_item()
-                    self._items[action.segment] = self._open_item
-                elif action.continues and not vad:  # a cut in a client-committed turn: the item stays open
-                    self._open_item = self._open_item or self._new_item()
-                    self._items[action.segment] = self._open_item
-                    self._pieces.add(action.segment)
-                    outs.append((self.session, action))
-                    continue
-                else:
-                    item = self._item_for_commit()
-                    self._items[action.segment] = item
-                    outs.append((self.session, action))
-                    outs.append(self._committed(item))
-                    stopped = None
-                    continue
-            if isinstance(action, Close):
-                self._finished = True
-            outs.append((self.session, action))
-        if stopped is not None and stopped == self._open_item:  # a click: too short to transcribe
-            item = self._item_for_commit()
-            outs += [self._committed(item), self._own(self._completed(item, "", 0.0))]
-        return outs
+        return self._ev("input_audio_buffer.committed", previous_item_id=previous, item_id=item)
 
     # -- out ---------------------------------------------------------------------------------------------
 
     def _own(self, event: dict[str, Any]) -> Out:
         return (None, Send({"event_id": _event_id(), **event}))
 
-    def render(self, session: Session | None, action: Send | Event) -> list[dict[str, Any]]:
-        if session is None:
-            return [action.message] if isinstance(action, Send) else []
-        if isinstance(action, Event):
-            if action.kind == "final_empty" and action.info is not None:
-                if action.info.segment not in self._items:  # a turn's end after a cut: no item of it
-                    return []
-                item = self._items.pop(action.info.segment)
-                return [self._completed(item, "", action.info.end_s - action.info.start_s)]
-            return []
-        msg = action.message
-        if msg.get("type") == "error":
-            body = msg["body"]
+    def render(self, session: Session | None, result: Result) -> list[dict[str, Any] | Close]:
+        if session is not self.session:
+            return []  # a session replaced by session.update before any audio
+        if isinstance(result, TurnEvent):
+            return self._turn(result)
+        if isinstance(result, Transcript):
+            return self._transcript(result)
+        if isinstance(result, FlushAnswered):  # a commit with nothing to transcribe: an empty item, at once
+            opened = self._items.pop(self._open, None) if self._open is not None else None
+            item = opened or "item_" + uuid.uuid4().hex[:20]
+            return [self._committed(item), self._completed(item, "", 0.0)]
+        if isinstance(result, Notice):
+            error = {"type": "server_error", "code": result.kind.lower(), "message": result.message, "param": None, "event_id": None}  # fmt: skip
+            return [self._ev("error", error=error)]
+        if isinstance(result, Finished):
+            self._finished = True
+            if result.going_away:
+                return [Close(1001, "server is shutting down")]
+            return [Close(1000, "end of audio")]
+        return []
+
+    def _turn(self, event: TurnEvent) -> list[dict[str, Any] | Close]:
+        vad = self._fields["turn_detection"] is not None
+        item = self._item(event.utterance)
+        if event.kind == "speech_started":
+            self._open = event.utterance
+        if event.kind in ("speech_started", "speech_stopped") and vad:
+            key = "audio_start_ms" if event.kind == "speech_started" else "audio_end_ms"
             return [
-                self._ev(
-                    "error",
-                    error={
-                        "type": "server_error",
-                        "code": body["error_type"].lower(),
-                        "message": body["message"],
-                        "param": None,
-                        "event_id": None,
-                    },
-                )
+                self._ev(f"input_audio_buffer.{event.kind}", **{key: int(event.time_s * 1000)}, item_id=item)
             ]
-        if msg.get("type") != "transcription" or action.info is None:
-            return []  # Baseten's own acknowledgements
-        info = action.info
-        item = self._items.get(info.segment)
-        if item is None:
+        if event.kind != "end_of_turn":
             return []
-        words = msg["transcript"].split()
+        self._open = None
+        out: list[dict[str, Any] | Close] = [self._committed(item)]
+        if not event.has_final:  # a click: too short to transcribe, still a committed turn
+            self._items.pop(event.utterance, None)
+            out.append(self._completed(item, "", 0.0))
+        return out
+
+    def _transcript(self, t: Transcript) -> list[dict[str, Any] | Close]:
+        item = self._item(t.utterance)
+        words = t.text.split()
         sent = self._sent.setdefault(item, [])
-        if info.kind == "partial":
+        before, start = self._carried.get(item, ("", t.start_s))
+        space = " " if sent or before else ""
+        if t.kind == "partial":
             stable = words[:-1]
             if stable[: len(sent)] != sent or len(stable) <= len(sent):
                 return []
-            delta = " ".join(stable[len(sent) :])
             self._sent[item] = stable
-            return [self._delta(item, (" " if sent else "") + delta)]
-        self._items.pop(info.segment, None)
-        out = []
-        before, start = self._carried.get(item, ("", info.start_s))
+            return [self._delta(item, space + " ".join(stable[len(sent) :]))]
+        out: list[dict[str, Any] | Close] = []
         if words[: len(sent)] == sent and len(words) > len(sent):
-            space = " " if sent or before else ""
             out.append(self._delta(item, space + " ".join(words[len(sent) :])))
         self._sent.pop(item, None)
-        transcript = f"{before} {msg['transcript']}".strip()
-        if info.segment in self._pieces:  # more of this turn follows: completed comes with its commit
-            self._pieces.discard(info.segment)
+        transcript = f"{before} {t.text}".strip()
+        if t.continues:  # more of this turn follows: its completed comes with the turn's last final
             self._carried[item] = (transcript, start)
             return out
         self._carried.pop(item, None)
-        out.append(self._completed(item, transcript, info.end_s - start))
-        return out
+        self._items.pop(t.utterance, None)
+        return out + [self._completed(item, transcript, t.end_s - start)]
 
     def _ev(self, kind: str, **fields: Any) -> dict[str, Any]:
         return {"type": kind, "event_id": _event_id(), **fields}

@@ -1,0 +1,67 @@
+"""An engine result -> the neutral `Transcript`: what it keeps of the decode (`hallucination.filter_segments`),
+in stream time, in the utterance's language."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from whisper_stream.core.events import Cause, Segment, Transcript, Word
+from whisper_stream.engines.interface import DecodeOptions, TranscribeResult
+from whisper_stream.hallucination import filter_segments
+
+
+def transcript_of(
+    result: TranscribeResult | None,
+    *,
+    kind: Literal["partial", "final"],
+    number: int,
+    utterance: int,
+    start_s: float,
+    end_s: float,
+    options: DecodeOptions | None = None,
+    known_language: tuple[str, float | None] | None = None,
+    language: str = "",
+    lag_s: float = 0.0,
+    cause: Cause | None = None,
+    continues: bool = False,
+    answers_flush: bool = False,
+    end_of_audio: bool = False,
+    timing: dict[str, Any] | None = None,
+) -> Transcript:
+    """`result` None: an empty transcript (a turn's end with nothing left to decode) in `language`."""
+    segments: tuple[Segment, ...] = ()
+    prob: float | None = None
+    if result is not None:
+        language, prob = known_language or (result.language, result.language_prob)
+        words = options is not None and options.word_timestamps
+        prompt = options.prompt if options is not None else ""
+        segments = tuple(
+            Segment(
+                start_s + seg.start,
+                start_s + seg.end,
+                seg.text.strip(),
+                seg.avg_logprob,
+                flagged,
+                tuple(Word(w.word.strip(), start_s + w.start, start_s + w.end, w.prob) for w in seg.words)
+                if words
+                else None,
+            )
+            for seg, flagged in filter_segments(result.segments, prompt)
+        )
+    return Transcript(
+        kind,
+        number,
+        utterance,
+        start_s,
+        end_s,
+        segments,
+        language,
+        prob,
+        lag_s,
+        cause,
+        continues,
+        answers_flush,
+        end_of_audio,
+        options is not None and options.language_detection_only,
+        timing,
+    )

@@ -1,6 +1,6 @@
-"""The conformance tables (README, "Other protocols"), one case per row: every Deepgram parameter and
-OpenAI Realtime session field is mapped onto the session's config, accepted without effect, or refused
-with the protocol's own error. Plus the message shapes the SDKs parse."""
+"""The conformance tables (docs/protocols.md, Deepgram and OpenAI), one case per row: every Deepgram
+parameter and OpenAI Realtime session field is mapped onto the session's config, accepted without effect, or
+refused with the protocol's own error. Plus the message shapes the SDKs parse."""
 
 from __future__ import annotations
 

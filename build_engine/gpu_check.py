@@ -2,8 +2,9 @@
 
     python -m build_engine.gpu_check [--device cuda] [--quick] [--out gpu-check-results]
 
-Writes `OUT/gpu_check.json` and prints a short table. Four parts, each timed and each allowed to fail alone
-(its error is recorded, the others still run):
+Writes `OUT/gpu_check.json` and prints a short table. Four parts, each timed, each with its own peak GPU
+memory, and each allowed to fail alone (its error is recorded, the others still run; the exit code is 1 when a
+part failed or one of its checks did not hold):
 
 1. `mel`: the engine's batched `torch.stft` log-mel on the device vs the numpy reference, on real speech from
    data/: max abs difference.
@@ -14,18 +15,20 @@ Writes `OUT/gpu_check.json` and prints a short table. Four parts, each timed and
    every 0.5 s; finals only). **PyTorch eager, not TensorRT-LLM**: a floor for what the GPU does, not the
    production engine's numbers.
 3. `engine`: `TensorRTLLMEngine` driven through the faithful runner (`trtllm_cpu_runner.ModelRunnerCpp`) with
-   a random-weight large-v3-shaped model on the device and forced token counts: batching, grouping by options,
-   and GPU memory (`torch.cuda.mem_get_info()` before and after).
+   a random-weight large-v3-shaped model on the device and forced token counts: time per batch after one
+   untimed warm-up call, checked that every request got text and that mixed options are decoded one group
+   per `generation_key`, and GPU memory (`torch.cuda.mem_get_info()` before and after).
 4. `serve`: the whole server (`--engine tensorrt_llm`, the same faithful runner and random-weight model, made
    confident so no temperature fallback runs) under `client.bench`: TTFS with server endpointing and client
    flush at 1 / 16 / 64 real-time streams, finals only. The text is noise (WER means nothing); the timings
    are the server's scheduling and batching on a GPU with large-v3's eager cost, a floor for TensorRT-LLM.
 
 `--quick` uses tiny shapes (2 layers, d_model 64) and few batches: the CPU smoke test (`--device cpu
---quick`) that CI can run. Needs `transformers` (preinstalled on the GPU machine; `pip install transformers`
-elsewhere), for parts 1, 3 and 4 openai-whisper's assets (mel_filters.npz, multilingual.tiktoken: the
-`openai-whisper` package or WHISPER_ASSETS_DIR) and tiktoken, and for part 4 the server's and the benchmark's
-dependencies (`pip install -e '.[client]'`; the Silero model from `silero-vad` or WHISPER_STREAM_VAD_MODEL).
+--quick`) that CI can run. Needs torch and `transformers` (the `gpu-check` extra), for parts 1, 3 and 4
+openai-whisper's assets (mel_filters.npz, multilingual.tiktoken: the `openai-whisper` package or
+WHISPER_ASSETS_DIR) and tiktoken, and for part 4 the server's and the benchmark's dependencies (the `client`
+extra; the Silero model from `silero-vad` or WHISPER_STREAM_VAD_MODEL). `make gpu-check` installs them into
+the project's .venv, torch==2.13.0 only where no torch imports (the Makefile says why).
 """
 
 from __future__ import annotations
@@ -38,10 +41,14 @@ import statistics
 import sys
 import time
 import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from whisper_stream.engines.interface import DecodeOptions, TranscribeResult, generation_key
 
 LARGE_V3 = dict(
     d_model=1280,
@@ -69,9 +76,9 @@ def _whisper_config(shape: dict[str, int], frames: int = 3000) -> Any:
 
 
 def _sync(device: str) -> None:
-    import torch
-
     if device.startswith("cuda"):
+        import torch
+
         torch.cuda.synchronize()
 
 
@@ -241,11 +248,58 @@ class TorchRandomBackend:
         ]
 
 
+def all_answered(results: Sequence[object], n: int) -> bool:
+    """Each of the n requests got its own result with text: the backend decodes a forced number of text
+    tokens, so a missing, failed (RequestError) or empty answer means the engine lost a request."""
+    return len(results) == n and all(isinstance(r, TranscribeResult) and r.text for r in results)
+
+
+def time_batches(engine: Any, sizes: Sequence[int], make: Callable[[int], list[Any]], device: str) -> dict:
+    """Wall time of one `transcribe_sync` per batch size, after one untimed call at the largest size: the
+    first call pays for kernels, allocator and caches, which would otherwise be charged to batch 1."""
+    t = time.perf_counter()
+    engine.transcribe_sync(make(max(sizes)))
+    _sync(device)
+    out: dict[str, Any] = {"warmup_seconds": round(time.perf_counter() - t, 4), "batches": {}}
+    for b in sizes:
+        reqs = make(b)
+        engine._runner.calls.clear()
+        t = time.perf_counter()
+        res = engine.transcribe_sync(reqs)
+        _sync(device)
+        out["batches"][str(b)] = {
+            "seconds": round(time.perf_counter() - t, 4),
+            "generate_calls": [c["batch"] for c in engine._runner.calls],
+            "all_answered": all_answered(res, b),
+        }
+    return out
+
+
+MIXED_OPTIONS = (
+    DecodeOptions(),
+    DecodeOptions(max_new_tokens=4),
+    DecodeOptions(language=None),  # language is per request: decoded with the defaults, detected first
+    DecodeOptions(),
+)
+
+
+def grouping_problem(calls: Sequence[dict[str, Any]], options: Sequence[DecodeOptions]) -> str | None:
+    """None when the engine made one shared first-step call for all requests, then one decode per
+    `generation_key` group (a confident model needs no fallback re-decode); else what it did instead."""
+    want = sorted(Counter(generation_key(o) for o in options).values())
+    got = [(c["batch"], c["max_new_tokens"]) for c in calls]
+    if not got or got[0] != (len(options), 1):
+        return f"first call {got[:1]}, expected one step for all {len(options)} requests"
+    if sorted(b for b, _ in got[1:]) != want:
+        return f"decode calls {got[1:]}, expected one per options group of sizes {want}"
+    return None
+
+
 def check_engine(device: str, quick: bool, work: Path) -> dict[str, Any]:
     import torch
 
     from whisper_stream.engines import trtllm_cpu_runner as stand_in
-    from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest
+    from whisper_stream.engines.interface import TranscribeRequest
     from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
 
     cuda = device.startswith("cuda")
@@ -258,38 +312,26 @@ def check_engine(device: str, quick: bool, work: Path) -> dict[str, Any]:
     engine = TensorRTLLMEngine(engine_dir, runner="faithful")
     free1 = torch.cuda.mem_get_info()[0] if cuda else None
     rng = np.random.default_rng(0)
-    out: dict[str, Any] = {"batches": {}}
-    for b in [1, 4] if quick else [1, 8, 16, 32]:
-        reqs = [TranscribeRequest((rng.normal(0, 0.1, 16000 * 5)).astype(np.float32)) for _ in range(b)]
-        engine._runner.calls.clear()
-        t = time.perf_counter()
-        res = engine.transcribe_sync(reqs)
-        _sync(device)
-        calls = engine._runner.calls
-        out["batches"][str(b)] = {
-            "seconds": round(time.perf_counter() - t, 4),
-            "generate_calls": [c["batch"] for c in calls],
-            "all_answered": len(res) == b and all(r.segments or r.text == "" for r in res),
-        }
-    mixed = [
-        TranscribeRequest(np.zeros(16000, np.float32), o)
-        for o in (
-            DecodeOptions(),
-            DecodeOptions(max_new_tokens=4),
-            DecodeOptions(language=None),
-            DecodeOptions(),
-        )
+
+    def noise(b: int) -> list[TranscribeRequest]:
+        return [TranscribeRequest((rng.normal(0, 0.1, 16000 * 5)).astype(np.float32)) for _ in range(b)]
+
+    out = time_batches(engine, [1, 4] if quick else [1, 8, 16, 32], noise, device)
+    failed = [
+        f"batch {b}: not every request answered" for b, v in out["batches"].items() if not v["all_answered"]
     ]
     engine._runner.calls.clear()
-    engine.transcribe_sync(mixed)
+    engine.transcribe_sync([TranscribeRequest(np.zeros(16000, np.float32), o) for o in MIXED_OPTIONS])
     out["grouping_calls"] = [(c["batch"], c["max_new_tokens"]) for c in engine._runner.calls]
+    if problem := grouping_problem(engine._runner.calls, MIXED_OPTIONS):
+        failed.append(f"grouping: {problem}")
+    out["failed"] = failed
     if cuda:
         free2 = torch.cuda.mem_get_info()[0]
         out["memory_gib"] = {
             "free_before": round(free0 / 2**30, 2),
             "free_after_load": round(free1 / 2**30, 2),
             "free_after_batches": round(free2 / 2**30, 2),
-            "max_allocated": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         }
     return out
 
@@ -350,26 +392,42 @@ def main(argv: list[str] | None = None) -> int:
         "quick": a.quick,
     }
     started = time.perf_counter()
+    parts: dict[str, Callable[[], dict[str, Any]]] = {
+        "mel": lambda: check_mel(a.device),
+        "compute": lambda: check_compute(a.device, a.quick),
+        "engine": lambda: check_engine(a.device, a.quick, a.out),
+        "serve": lambda: check_serve(a.device, a.quick, a.out),
+    }
+    cuda = torch.cuda if torch.cuda.is_available() else None
     for part in a.parts.split(","):
-        t = time.perf_counter()
-        try:
-            if part == "mel":
-                report[part] = check_mel(a.device)
-            elif part == "compute":
-                report[part] = check_compute(a.device, a.quick)
-            elif part == "engine":
-                report[part] = check_engine(a.device, a.quick, a.out)
-            elif part == "serve":
-                report[part] = check_serve(a.device, a.quick, a.out)
-        except Exception as exc:  # one part failing must not hide the others' numbers
-            report[part] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
-        report[part]["part_seconds"] = round(time.perf_counter() - t, 1)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        report[part] = run_part(parts[part], cuda)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     (a.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
-    return 1 if any("error" in report.get(k, {}) for k in ("mel", "compute", "engine", "serve")) else 0
+    return 1 if any(failures(report.get(k, {})) for k in parts) else 0
+
+
+def run_part(check: Callable[[], dict[str, Any]], cuda: Any | None) -> dict[str, Any]:
+    """One part, timed, its error recorded instead of raised (the other parts still run), and its own peak
+    GPU memory in this process: the statistic is reset first, or each part would report the largest before
+    it. (The serve part's server is another process: its memory is not in this figure.)"""
+    if cuda is not None:
+        cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    try:
+        result = check()
+    except Exception as exc:  # one part failing must not hide the others' numbers
+        result = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+    result["part_seconds"] = round(time.perf_counter() - t, 1)
+    if cuda is not None:
+        result["peak_allocated_gib"] = round(cuda.max_memory_allocated() / 2**30, 2)
+        cuda.empty_cache()
+    return result
+
+
+def failures(part: dict[str, Any]) -> list[str]:
+    """What went wrong in a part: its error, and any check it ran that did not hold."""
+    return ([part["error"]] if "error" in part else []) + list(part.get("failed", []))
 
 
 def _ms(seconds: float | None) -> str:
@@ -396,10 +454,20 @@ def table(r: dict[str, Any]) -> str:
     if "error" in c:
         lines.append(f"compute error: {c['error']}")
     eng = r.get("engine", {})
+    if "warmup_seconds" in eng:
+        lines.append(f"eng   warm-up (untimed batch): {eng['warmup_seconds']:.3f} s")
     for k, v in eng.get("batches", {}).items():
-        lines.append(f"eng   batch {k:>3}: {v['seconds']:.3f} s, generate calls {v['generate_calls']}")
+        lines.append(f"eng   batch {k:>3}: {v['seconds']:.3f} s, generate calls {v['generate_calls']}, "
+                     f"all answered: {v['all_answered']}")  # fmt: skip
+    if "grouping_calls" in eng:
+        lines.append(f"eng   options grouping (batch, max_new_tokens): {eng['grouping_calls']}")
     if "memory_gib" in eng:
         lines.append(f"mem   {eng['memory_gib']}")
+    for name in ("mel", "compute", "engine", "serve"):
+        if "peak_allocated_gib" in r.get(name, {}):
+            lines.append(f"peak  {name}: {r[name]['peak_allocated_gib']} GiB allocated (this process)")
+    for problem in eng.get("failed", []):
+        lines.append(f"engine FAILED: {problem}")
     if "error" in eng:
         lines.append(f"engine error: {eng['error']}")
     srv = r.get("serve", {})

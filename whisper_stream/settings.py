@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from whisper_stream.model_source import DEFAULT_MODEL
+
 ENV_PREFIX = "WHISPER_STREAM_"
 
 
@@ -25,9 +27,10 @@ class ServerSettings(BaseSettings):
         "null: no model, empty transcripts (to measure the server's own cost)",
     )
     model: str | None = Field(
-        None,
-        description="ctranslate2 model: a local CTranslate2 Whisper directory, 'base' (the PyPI default) "
-        "or a hub name such as Systran/faster-whisper-small (needs internet)",
+        DEFAULT_MODEL,  # shown as the flag's default; None means the same model
+        description="ctranslate2 model: a local CTranslate2 Whisper directory, 'base' (the PyPI default, "
+        "SHA-256 checked at every load: docs/model.md) or a hub name such as Systran/faster-whisper-small "
+        "(needs internet)",
     )
     engine_dir: str | None = Field(
         None, description="tensorrt_llm engine directory, built with `make engine`"

@@ -21,12 +21,14 @@ def create_engine(settings: ServerSettings) -> Engine:
     if settings.engine == "triton":
         from whisper_stream.engines.triton import TritonEngine
 
-        return TritonEngine(
+        triton = TritonEngine(
             url=settings.triton_url,
             model_name=settings.triton_model,
             max_batch_size=settings.max_batch_size,
             max_inflight=settings.triton_max_inflight,
         )
+        triton.log_startup()  # a Triton that is not up yet does not stop the server: say so in the log
+        return triton
     from whisper_stream.engines.ctranslate2 import CTranslate2Engine
 
     return CTranslate2Engine(

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "127.0.0.1:8011"
 DEFAULT_MODEL = "whisper_ensemble"
+STARTUP_PROBE_S = 2.0  # the one look at Triton at start-up, only to log whether it answers
 # The session already endpointed these windows with the stream's own VAD state and settings: a second,
 # stateless Silero pass in the ensemble dropped whole short finals and trimmed up to 2.5 s of disfluent speech
 # (measured on the benchmark streams), so by default it keeps the window as sent (threshold 0 = no trimming).
@@ -123,6 +124,36 @@ class TritonEngine:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
+
+    def log_startup(self) -> bool:
+        """Say in one log line whether Triton answers now. The server starts either way (Triton may come up
+        later), but without this line only a 503 from /health would tell that nothing can be transcribed."""
+        from tritonclient.grpc import InferenceServerClient
+        from tritonclient.utils import InferenceServerException
+
+        client = InferenceServerClient(self.url)
+        try:
+            ready = client.is_server_ready(client_timeout=STARTUP_PROBE_S) and client.is_model_ready(
+                self.model_name, client_timeout=STARTUP_PROBE_S
+            )
+            reason = "" if ready else f"model {self.model_name!r} is not ready"
+        except Exception as exc:  # no connection, timeout, refused: all mean "not now"
+            message = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+            ready, reason = False, " ".join(str(message).split())[:200]
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+        if ready:
+            log.info("Triton at %s: model %s ready", self.url, self.model_name)
+        else:
+            log.warning(
+                "Triton at %s does not answer (%s): streams get an error and /health 503 until it does; "
+                "every request and health check tries again. Start it with `make triton`, or point "
+                "--triton-url at yours",
+                self.url,
+                reason,
+            )
+        return ready
 
     # -- internals ------------------------------------------------------------------------------------
 

@@ -120,31 +120,31 @@ bench: $(BIN)/.client-installed  ## latency/WER benchmark (BENCH_CONCURRENCY BEN
 
 # The same CPU model in-process vs behind Triton, side by side: latency ratio table in bench-results/triton.
 bench-triton: $(BIN)/.client-installed $(BIN)/.triton-installed  ## in-process vs Triton, side by side
-	$(BIN)/python -m client.bench_triton --concurrency $(BENCH_CONCURRENCY) $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.triton --concurrency $(BENCH_CONCURRENCY) $(BENCH_ARGS)
 
 # The server under load: contracts (no final lost or duplicated), latency, CPU and RSS; results in bench-results/.
 bench-load: $(BIN)/.client-installed  ## 8, 16, 32 real-time streams, finals only then partials
-	$(BIN)/python -m client.bench_server load $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.server load $(BENCH_ARGS)
 
 SOAK_S ?= 7200
 soak: $(BIN)/.client-installed  ## 2 streams for SOAK_S seconds (2 h): RSS and lag every 30 s, growth
-	$(BIN)/python -m client.bench_server soak --duration-s $(SOAK_S) $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.server soak --duration-s $(SOAK_S) $(BENCH_ARGS)
 
 bench-frontend: $(BIN)/.client-installed  ## 16/32/64 real-time streams, no model: CPU per stream, loop lag
-	$(BIN)/python -m client.bench_server frontend $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.server frontend $(BENCH_ARGS)
 
 bench-memory: $(BIN)/.client-installed  ## RSS per stream: idle streams, and unpaced streams that never read
-	$(BIN)/python -m client.bench_server memory $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.server memory $(BENCH_ARGS)
 
 bench-beam: $(BIN)/.client-installed  ## beam width 1-5: time per final, WER vs greedy and vs faster-whisper
-	$(BIN)/python -m client.bench_beam $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.beam $(BENCH_ARGS)
 
 bench-pause: $(BIN)/.client-installed  ## pause finals off / 6 / 4 / 3 / 2 s: WER, decode time of the last final
-	$(BIN)/python -m client.bench_pause $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.pause $(BENCH_ARGS)
 
 # The server's own CPU cost per audio second (decode, resample, VAD) per encoding and rate.
 bench-audio: install  ## the server's CPU cost per audio second before the model
-	$(BIN)/python -m client.bench_audio
+	$(BIN)/python -m client.bench.audio
 
 # Ten minutes each of silence, white and pink noise must produce zero words (CI runs 45 s of each).
 bench-noise: dev  ## 10 minutes each of silence and noise must give zero words

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import websockets
 
 from client.display import TranscriptPrinter
+from client.kit.speech import load_audio
 from client.protocol import (
     Received,
     StreamResult,
@@ -37,7 +38,6 @@ from client.protocol import (
     refusal,
     stream_pcm,
 )
-from client.speech import load_audio
 from whisper_stream.audio import SAMPLE_WIDTH as BYTES_PER_SAMPLE
 from whisper_stream.audio import encode as encode_audio
 

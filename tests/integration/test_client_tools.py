@@ -18,10 +18,12 @@ import jiwer
 import numpy as np
 import pytest
 
-from client import bench, bench_audio, mic
+from client import mic
+from client.bench import audio as bench_audio
+from client.bench import runner as bench
 from client.display import TranscriptPrinter
+from client.kit.speech import load_audio, normalizer, to_pcm16
 from client.protocol import Received, finals_text, metadata
-from client.speech import load_audio, normalizer, to_pcm16
 from client.stream_file import JsonlRecorder, stream_file
 from client.stream_file import main as stream_file_main
 

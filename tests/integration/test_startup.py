@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client.local_server import ROOT, free_port
+from client.kit.local_server import ROOT, free_port
 
 
 def _serve(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client import bench_metrics as bm
-from client.bench import compare, format_table
+from client.bench import metrics as bm
+from client.bench.runner import compare, format_table
 from client.protocol import Received, frame_samples
 from whisper_stream.audio import encode as encode_audio
 
@@ -217,8 +217,8 @@ def test_full_load_window_runs_from_the_last_stream_start_to_the_first_stream_en
     """bench-frontend's cost at N streams: read while all N send, not over the staggered start and end."""
     import os
 
-    from client.bench_server import FullLoad
-    from client.speech import JoinedStream
+    from client.bench.server import FullLoad
+    from client.kit.speech import JoinedStream
 
     def stream(seconds: float) -> JoinedStream:
         return JoinedStream(np.zeros(int(seconds * 16000), dtype=np.float32), (), (), ())

@@ -17,7 +17,7 @@ run side by side (`--modes`):
   pipecat's SileroVADAnalyzer with stop_secs 0.2) sends `{"type": "finalize"}` when it fires, as pipecat does.
 For each repetition (`--repeats`), concurrency N, mode and server (`--url`, repeatable, compared in one run:
 the first is the baseline of the ratio table), N such streams run at once (stream i starts
-`i * --stagger-s` later). Measured per utterance (definitions in client/bench_metrics.py): TTFS, time to first
+`i * --stagger-s` later). Measured per utterance (definitions in client/bench/metrics.py): TTFS, time to first
 partial, partial cadence, unstable partial words, WER of the finals (Whisper's English normalizer for English,
 its basic normalizer otherwise; with a local server also the same model offline on the same trimmed
 recordings), and the server's lag over time. Per run:
@@ -50,11 +50,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from client import bench_metrics as bm
-from client import wire
-from client.local_server import LocalServer
-from client.protocol import add_stream_options, is_transcription, metadata_from_args, stream_pcm
-from client.speech import (
+from client.bench import metrics as bm
+from client.bench import wire
+from client.kit.local_server import LocalServer
+from client.kit.speech import (
     DATA_ENV,
     SR,
     JoinedStream,
@@ -64,6 +63,7 @@ from client.speech import (
     to_pcm16,
     wer,
 )
+from client.protocol import add_stream_options, is_transcription, metadata_from_args, stream_pcm
 
 MODES = ("server", "flush")
 FINALIZE = json.dumps({"type": "finalize"})
@@ -560,7 +560,7 @@ def _settings(args: argparse.Namespace, ramp: list[int], meta: dict[str, Any]) -
 
 
 def _normalizer(language: str) -> Any:
-    from client.speech import normalizer
+    from client.kit.speech import normalizer
 
     return normalizer(language if language == "en" else "other")
 
@@ -848,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report))
     print(f"\nwrote {json_path}", end="")
     if not args.no_plots:
-        from client.bench_plots import write_plots
+        from client.bench.plots import write_plots
 
         paths = write_plots(report, args.out)
         print(", " + ", ".join(str(p) for p in paths), end="")

@@ -298,7 +298,7 @@ def check_engine(device: str, quick: bool, work: Path) -> dict[str, Any]:
 
 
 def check_serve(device: str, quick: bool, work: Path) -> dict[str, Any]:
-    from client.bench import runner as bench
+    from client.bench import cli as bench
     from client.kit.local_server import LocalServer
     from whisper_stream.engines import trtllm_cpu_runner as stand_in
     from whisper_stream.engines.tensorrt_llm import RUNNER_ENV

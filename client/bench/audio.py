@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.bench.runner import machine_info
+from client.bench.report import machine_info
 from client.kit.speech import data_dir, load_audio
 from whisper_stream.audio import SAMPLE_WIDTH, AudioDecoder, encode, resample
 from whisper_stream.vad import FRAME, SileroModel

@@ -30,7 +30,7 @@ from typing import Any
 import websockets
 
 from client.bench import metrics as bm
-from client.bench.runner import build_streams, select_utterances
+from client.bench.workload import build_streams, select_utterances
 from client.kit.local_server import LocalServer
 from client.kit.speech import JoinedStream, to_pcm16, wer
 from client.protocol import metadata, stream_pcm

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from client.bench import runner as bench
+from client.bench import cli as bench
 from client.kit.local_server import LocalServer
 
 

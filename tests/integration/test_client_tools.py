@@ -20,7 +20,7 @@ import pytest
 
 from client import mic
 from client.bench import audio as bench_audio
-from client.bench import runner as bench
+from client.bench import cli as bench
 from client.display import TranscriptPrinter
 from client.kit.speech import load_audio, normalizer, to_pcm16
 from client.protocol import Received, finals_text, metadata

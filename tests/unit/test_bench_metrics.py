@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from client.bench import metrics as bm
-from client.bench.runner import compare, format_table
+from client.bench.report import compare, format_table
 from client.protocol import Received, frame_samples
 from whisper_stream.audio import encode as encode_audio
 

@@ -21,7 +21,7 @@ TRUSS_CONFIG ?= config.yaml
 ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
-.PHONY: help install client dev browser serve test lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
+.PHONY: help install client dev browser serve try test lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
 	bench-load soak bench-frontend bench-memory bench-beam bench-pause engine-docker truss-venv truss-stage truss-push \
 	truss-context clean
 .DEFAULT_GOAL := help
@@ -58,6 +58,14 @@ client: $(BIN)/.client-installed  ## the clients' extras (microphone, benchmark 
 
 serve: install $(if $(filter triton,$(ENGINE)),$(BIN)/.triton-installed)  ## the server (HOST PORT MODEL ENGINE)
 	$(BIN)/whisper-stream serve $(SERVE_FLAGS)
+
+# Try it: FILE streamed in real time to the server `make serve` started (same HOST and PORT), finals printed.
+# Without HOST/PORT the client's own default: $$WHISPER_STREAM_URL, else 127.0.0.1:$$WHISPER_STREAM_PORT (8000).
+FILE ?= data/speech/jfk.wav
+TRY_HOST = $(if $(filter-out 0.0.0.0 ::,$(HOST)),$(HOST),127.0.0.1)
+TRY_URL = $(if $(HOST)$(PORT),ws://$(TRY_HOST):$(or $(PORT),$(WHISPER_STREAM_PORT),8000)/v1/websocket)
+try: install  ## stream FILE (data/speech/jfk.wav) to `make serve`'s server (HOST PORT), print the finals
+	$(BIN)/python -m client.stream_file $(if $(TRY_URL),--url $(TRY_URL)) $(FILE)
 
 # Triton serving model_repository/ on 127.0.0.1 (HTTP 8010, gRPC 8011, metrics 8012): the Triton 2.51 CPU
 # build bundled in nvidia-pytriton, or on a GPU machine the docker run of build_engine/Dockerfile's image.

@@ -149,9 +149,11 @@ async def run_mic(
     stop: asyncio.Event | None = None,
     on_message: Callable[[Received], None] | None = None,
     on_open: Callable[[], None] | None = None,
+    on_connect: Callable[[], None] | None = None,
     drain_timeout_s: float = 60.0,
 ) -> StreamResult:
-    """Stream the microphone until `stop` is set, then end the stream properly and return every reply."""
+    """Stream the microphone until `stop` is set, then end the stream properly and return every reply.
+    `on_open()` runs once the microphone is open, `on_connect()` once the server accepted the connection."""
     stop = stop or asyncio.Event()
     source = MicSource(stream_factory or sounddevice_stream_factory(), device=device)
     source.open()  # before connecting: a missing microphone is reported without touching the server
@@ -166,6 +168,7 @@ async def run_mic(
             api_key=api_key,
             timeout_s=drain_timeout_s,
             on_message=on_message,
+            on_connect=on_connect,
         )
     finally:
         source.close()
@@ -176,8 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_options(
         p,
         partials_default=True,
-        url_help="WebSocket URL (env WHISPER_STREAM_URL); Baseten: wss://model-ID.api.baseten.co/"
-        "environments/production/websocket",
+        url_help="; Baseten: wss://model-ID.api.baseten.co/environments/production/websocket",
     )
     p.add_argument("--device", default=None, help="input device index or name (default: system default)")
     p.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
@@ -221,7 +223,10 @@ async def _amain(
             stream_factory=stream_factory,
             stop=stop,
             on_message=printer,
-            on_open=lambda: print(f"[listening -> {args.url}; Ctrl-C to stop]", file=sys.stderr, flush=True),
+            on_open=lambda: print(f"[microphone on, connecting to {args.url}]", file=sys.stderr, flush=True),
+            on_connect=lambda: print(
+                f"[connected to {args.url}; listening, Ctrl-C to stop]", file=sys.stderr, flush=True
+            ),
         )
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):

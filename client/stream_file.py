@@ -67,6 +67,7 @@ async def stream_file(
     speed: float = 1.0,
     api_key: str | None = None,
     on_message: Callable[[Received], None] | None = None,
+    on_connect: Callable[[], None] | None = None,
     timeout_s: float = 300.0,
 ) -> StreamResult:
     """Decode `path`, convert it to the metadata's encoding and rate, stream it paced, collect the replies."""
@@ -89,6 +90,7 @@ async def stream_file(
         api_key=api_key,
         timeout_s=timeout_s,
         on_message=on_message,
+        on_connect=on_connect,
     )
 
 
@@ -143,9 +145,19 @@ async def _amain(args: argparse.Namespace) -> int:
                 if not args.quiet or item.message.get("type") == "error":
                     printer(item)
 
+            def on_connect(path: Path = path) -> None:
+                if not args.quiet:
+                    print(f"{path}: connected to {args.url}", file=sys.stderr, flush=True)
+
             try:
                 result = await stream_file(
-                    path, args.url, meta=meta, speed=args.speed, api_key=args.api_key, on_message=on_message
+                    path,
+                    args.url,
+                    meta=meta,
+                    speed=args.speed,
+                    api_key=args.api_key,
+                    on_message=on_message,
+                    on_connect=on_connect,
                 )
             except DecodeError as exc:
                 failures += 1

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import wave
@@ -22,8 +25,9 @@ from client import mic
 from client.bench import audio as bench_audio
 from client.bench import cli as bench
 from client.display import TranscriptPrinter
-from client.kit.speech import load_audio, normalizer, to_pcm16
-from client.protocol import Received, finals_text, metadata
+from client.kit.local_server import ROOT
+from client.kit.speech import load_audio, normalizer, to_pcm16, wer
+from client.protocol import Received, default_url, finals_text, metadata
 from client.stream_file import JsonlRecorder, stream_file
 from client.stream_file import main as stream_file_main
 
@@ -285,3 +289,47 @@ def test_audio_front_end_benchmark_measures_every_encoding(tmp_path, capsys):
     assert [(r["encoding"], r["sample_rate"]) for r in rows] == bench_audio.CASES
     assert all(0 < r["decode_ms_per_s"] < r["total_ms_per_s"] and r["vad_ms_per_s"] > 0 for r in rows)
     assert "silero vad" in capsys.readouterr().out
+
+
+def test_default_url_is_the_env_url_else_the_servers_port_variable(monkeypatch):
+    monkeypatch.delenv("WHISPER_STREAM_URL", raising=False)
+    monkeypatch.delenv("WHISPER_STREAM_PORT", raising=False)
+    assert default_url() == "ws://127.0.0.1:8000/v1/websocket"
+    monkeypatch.setenv("WHISPER_STREAM_PORT", "8123")  # what `whisper-stream serve` reads its port from
+    assert default_url() == "ws://127.0.0.1:8123/v1/websocket"
+    monkeypatch.setenv("WHISPER_STREAM_URL", "wss://example.test/v1/websocket")
+    assert default_url() == "wss://example.test/v1/websocket"
+
+
+def test_file_streamer_follows_the_servers_port_and_says_where_it_connected(
+    server, speech, monkeypatch, capsys
+):
+    monkeypatch.delenv("WHISPER_STREAM_URL", raising=False)
+    monkeypatch.setenv("WHISPER_STREAM_PORT", str(server.port))
+    code = stream_file_main(["--speed", "0", str(speech[WIZARD].path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"connected to {server.url}" in err and "wizard" in out.lower(), (out, err)
+
+
+def test_mic_follows_the_servers_port_and_says_where_it_connected(server, speech, monkeypatch, capsys):
+    monkeypatch.delenv("WHISPER_STREAM_URL", raising=False)
+    monkeypatch.setenv("WHISPER_STREAM_PORT", str(server.port))
+    pcm = to_pcm16(load_audio(speech[WIZARD].path)[:16000])
+    code = mic.main(
+        ["--duration", "1", "--no-partials"], stream_factory=lambda **kw: WavInputStream(pcm, **kw)
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"connected to {server.url}" in err, err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_make_try_streams_jfk_to_the_port_make_serve_used(server, speech):
+    """The README's try-it block: `make serve PORT=N`, then `make try PORT=N` prints the finals."""
+    prefix = Path(sys.prefix)  # this interpreter's environment, taken as installed (-o: never reinstalled)
+    cmd = ["make", "-s", "try", f"PORT={server.port}", f"VENV={prefix}", "-o", f"{prefix}/bin/.installed"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert f"connected to {server.url}" in run.stderr, run.stderr
+    assert wer([speech["jfk"].text], [run.stdout]) < 0.15, run.stdout

@@ -137,6 +137,28 @@ def test_mic_without_an_audio_device_gives_a_message_not_a_traceback(capsys):
     assert "no usable input device" in err and "--list-devices" in err and "Traceback" not in err
 
 
+def test_mic_list_devices_says_there_is_no_device_instead_of_a_blank_line(capsys):
+    code = mic.main(["--list-devices"], query_devices=lambda: "")  # PortAudio's table with no device
+    out, err = capsys.readouterr()
+    assert code == 2 and not out.strip(), out
+    assert "no audio devices" in err and "PortAudio" in err, err
+
+
+def test_mic_list_devices_without_portaudio_says_so(capsys):
+    try:
+        import sounddevice  # noqa: F401
+    except OSError:  # PortAudio missing: the case to test
+        pass
+    except ImportError:
+        pytest.skip("sounddevice is not installed")
+    else:
+        pytest.skip("PortAudio is installed here")
+    code = mic.main(["--list-devices"])
+    out, err = capsys.readouterr()
+    assert code == 2 and not out.strip(), out
+    assert "install PortAudio" in err and "Traceback" not in err, err
+
+
 def test_terminal_printer_rewrites_partials_in_place():
     out = io.StringIO()
     printer = TranscriptPrinter(out, tty=True)
@@ -186,10 +208,38 @@ def test_file_streamer_skips_a_non_audio_file_in_one_line_and_fails_the_run(serv
     code = stream_file_main(["--url", server.url, "--speed", "0", str(notes), str(speech[WIZARD].path)])
     out, err = capsys.readouterr()
     assert code == 1
-    assert [line for line in err.splitlines() if line.strip()] == [
-        line for line in err.splitlines() if line.startswith(f"{notes}: not audio")
-    ], err
+    problems = [line for line in err.splitlines() if line.strip() and ": connected to " not in line]
+    assert problems == [line for line in err.splitlines() if line.startswith(f"{notes}: not audio")], err
     assert "Traceback" not in err and "wizard" in out.lower(), (out, err)  # the next file still streamed
+    assert "Errno" not in err and "(Invalid data found when processing input)" in err, err  # FFmpeg's words
+
+
+def test_file_streamer_reports_an_empty_wav_and_fails(server, tmp_path, capsys):
+    empty = tmp_path / "empty.wav"
+    with wave.open(str(empty), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+    code = stream_file_main(["--url", server.url, str(empty)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{empty}: no audio in it (0 samples)" in err and "connected" not in err, err
+
+
+def test_file_streamer_says_its_output_closed_not_that_it_cannot_connect(server, speech):
+    """`... | head -1`: the closed pipe is ours, the server was reached."""
+    cmd = [sys.executable, "-m", "client.stream_file", "--url", server.url, "--speed", "0"]
+    proc = subprocess.Popen(
+        [*cmd, str(speech[WIZARD].path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the first final is printed (the tool needs seconds to start and stream)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "output closed (broken pipe)" in err and "cannot connect" not in err and "Traceback" not in err, (
+        err
+    )
+    assert "Exception ignored" not in err, err  # no second error when Python flushes stdout at exit
 
 
 def test_file_streamer_shows_the_servers_explanation_of_a_refusal(server, speech, capsys):

@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         help='extra arguments for the local server, e.g. "--model /models/small --cpu-threads 2"',
     )
     p.add_argument(
-        "--concurrency", type=_int_list, default=[1, 2, 4], help="the ramp, e.g. 1,2,4,8 (default)"
+        "--concurrency",
+        type=_int_list,
+        default="1,2,4",  # a string, parsed by _int_list like the flag's value, so the help shows it as typed
+        help="the ramp, comma-separated (default %(default)s)",
     )
     p.add_argument(
         "--data",
@@ -95,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"speech data folder with manifest.jsonl (default ${DATA_ENV}, else the repository's data/)",
     )
     p.add_argument(
-        "--utterances-per-stream", type=int, default=4, help="K: every stream holds the same K utterances"
+        "--utterances-per-stream",
+        type=int,
+        default=4,
+        help="K: every stream holds the same K utterances (default %(default)s)",
     )
     p.add_argument(
         "--modes",
@@ -104,9 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="server (server endpointing), flush (client VAD + finalize); default both",
     )
     p.add_argument(
-        "--flush-stop-ms", type=int, default=200, help="client VAD silence before finalize (stop_secs)"
+        "--flush-stop-ms",
+        type=int,
+        default=200,
+        help="client VAD silence before finalize (stop_secs; default %(default)s)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="repetitions of the whole ramp (default 3)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="repetitions of the whole ramp (default %(default)s)"
+    )
     p.add_argument(
         "--speculative",
         action=argparse.BooleanOptionalAction,
@@ -125,8 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="WER of the same model offline on the same audio (default: on with a local server)",
     )
-    p.add_argument("--pause-s", type=float, default=1.5, help="silence between utterances (default 1.5)")
-    p.add_argument("--max-utterance-s", type=float, default=30.0, help="skip longer recordings")
+    p.add_argument(
+        "--pause-s", type=float, default=1.5, help="silence between utterances (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-utterance-s", type=float, default=30.0, help="skip longer recordings (default %(default)s)"
+    )
     p.add_argument(
         "--exclude", type=_str_list, default=[], help="utterance ids to leave out, comma-separated"
     )
@@ -145,8 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="wire protocol: baseten (default), deepgram (/v1/listen) or openai (/v1/realtime "
         "?intent=transcription); the same figures for each, so a hosted Deepgram or OpenAI endpoint compares",
     )
-    p.add_argument("--stagger-s", type=float, default=0.25, help="start stream i this many seconds x i later")
-    p.add_argument("--rest-s", type=float, default=1.0, help="pause between runs")
+    p.add_argument(
+        "--stagger-s",
+        type=float,
+        default=0.25,
+        help="start stream i this many seconds x i later (default %(default)s)",
+    )
+    p.add_argument("--rest-s", type=float, default=1.0, help="pause between runs (default %(default)s)")
     add_stream_options(
         p,
         partials_default=True,
@@ -159,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=bm.TOLERANCE_S,
         help="a final covers an utterance when its last segment ends >= speech end - this",
     )
-    p.add_argument("--drain-timeout-s", type=float, default=180.0, help="wait this long for 'finished'")
+    p.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=180.0,
+        help="wait this long for 'finished' (default %(default)s)",
+    )
     p.add_argument(
         "--out", type=Path, default=Path("bench-results"), help="directory for bench.json and PNGs"
     )

@@ -21,7 +21,7 @@ TRUSS_CONFIG ?= config.yaml
 ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
-.PHONY: help install client dev browser serve test lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
+.PHONY: help install client dev browser serve try test lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
 	bench-load soak bench-frontend bench-memory bench-beam bench-pause engine-docker truss-venv truss-stage truss-push \
 	truss-context clean
 .DEFAULT_GOAL := help
@@ -58,6 +58,14 @@ client: $(BIN)/.client-installed  ## the clients' extras (microphone, benchmark 
 
 serve: install $(if $(filter triton,$(ENGINE)),$(BIN)/.triton-installed)  ## the server (HOST PORT MODEL ENGINE)
 	$(BIN)/whisper-stream serve $(SERVE_FLAGS)
+
+# Try it: FILE streamed in real time to the server `make serve` started (same HOST and PORT), finals printed.
+# Without HOST/PORT the client's own default: $$WHISPER_STREAM_URL, else 127.0.0.1:$$WHISPER_STREAM_PORT (8000).
+FILE ?= data/speech/jfk.wav
+TRY_HOST = $(if $(filter-out 0.0.0.0 ::,$(HOST)),$(HOST),127.0.0.1)
+TRY_URL = $(if $(HOST)$(PORT),ws://$(TRY_HOST):$(or $(PORT),$(WHISPER_STREAM_PORT),8000)/v1/websocket)
+try: install  ## stream FILE (data/speech/jfk.wav) to `make serve`'s server (HOST PORT), print the finals
+	$(BIN)/python -m client.stream_file $(if $(TRY_URL),--url $(TRY_URL)) $(FILE)
 
 # Triton serving model_repository/ on 127.0.0.1 (HTTP 8010, gRPC 8011, metrics 8012): the Triton 2.51 CPU
 # build bundled in nvidia-pytriton, or on a GPU machine the docker run of build_engine/Dockerfile's image.
@@ -139,31 +147,31 @@ bench: $(BIN)/.client-installed  ## latency/WER benchmark (BENCH_CONCURRENCY BEN
 
 # The same CPU model in-process vs behind Triton, side by side: latency ratio table in bench-results/triton.
 bench-triton: $(BIN)/.client-installed $(BIN)/.triton-installed  ## in-process vs Triton, side by side
-	$(BIN)/python -m client.bench_triton --concurrency $(BENCH_CONCURRENCY) $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.triton --concurrency $(BENCH_CONCURRENCY) $(BENCH_ARGS)
 
 # The server under load: contracts (no final lost or duplicated), latency, CPU and RSS; results in bench-results/.
 bench-load: $(BIN)/.client-installed  ## 8, 16, 32 real-time streams, finals only then partials
-	$(BIN)/python -m client.bench_server load $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.server load $(BENCH_ARGS)
 
 SOAK_S ?= 7200
 soak: $(BIN)/.client-installed  ## 2 streams for SOAK_S seconds (2 h): RSS and lag every 30 s, growth
-	$(BIN)/python -m client.bench_server soak --duration-s $(SOAK_S) $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.server soak --duration-s $(SOAK_S) $(BENCH_ARGS)
 
 bench-frontend: $(BIN)/.client-installed  ## 16/32/64 real-time streams, no model: CPU per stream, loop lag
-	$(BIN)/python -m client.bench_server frontend $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.server frontend $(BENCH_ARGS)
 
 bench-memory: $(BIN)/.client-installed  ## RSS per stream: idle streams, and unpaced streams that never read
-	$(BIN)/python -m client.bench_server memory $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.server memory $(BENCH_ARGS)
 
 bench-beam: $(BIN)/.client-installed  ## beam width 1-5: time per final, WER vs greedy and vs faster-whisper
-	$(BIN)/python -m client.bench_beam $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.beam $(BENCH_ARGS)
 
 bench-pause: $(BIN)/.client-installed  ## pause finals off / 6 / 4 / 3 / 2 s: WER, decode time of the last final
-	$(BIN)/python -m client.bench_pause $(BENCH_ARGS)
+	$(BIN)/python -m client.bench.pause $(BENCH_ARGS)
 
 # The server's own CPU cost per audio second (decode, resample, VAD) per encoding and rate.
 bench-audio: install  ## the server's CPU cost per audio second before the model
-	$(BIN)/python -m client.bench_audio
+	$(BIN)/python -m client.bench.audio
 
 # Ten minutes each of silence, white and pink noise must produce zero words (CI runs 45 s of each).
 bench-noise: dev  ## 10 minutes each of silence and noise must give zero words

@@ -98,7 +98,7 @@ def _time(fn: Any, device: str, repeat: int) -> float:
 
 
 def check_mel(device: str) -> dict[str, Any]:
-    from client.speech import load_audio, load_manifest
+    from client.kit.speech import load_audio, load_manifest
     from whisper_stream import mel
 
     m = {u.id: u for u in load_manifest()}
@@ -340,8 +340,8 @@ def check_engine(device: str, quick: bool, work: Path) -> dict[str, Any]:
 
 
 def check_serve(device: str, quick: bool, work: Path) -> dict[str, Any]:
-    from client import bench
-    from client.local_server import LocalServer
+    from client.bench import cli as bench
+    from client.kit.local_server import LocalServer
     from whisper_stream.engines import trtllm_cpu_runner as stand_in
     from whisper_stream.engines.tensorrt_llm import RUNNER_ENV
 

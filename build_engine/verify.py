@@ -2,7 +2,7 @@
 
 Works with any engine of the `Engine` interface (whisper_stream.engines.interface), so the same check runs
 against the TensorRT-LLM engines after a build and against the CPU engine here. The data set, audio loading
-and error rates are `client.speech`'s (the repository's data/ unless --data or WHISPER_STREAM_DATA says
+and error rates are `client.kit.speech`'s (the repository's data/ unless --data or WHISPER_STREAM_DATA says
 otherwise): WER with Whisper's normalisers, CER for languages written without spaces; references that are
 another recogniser's output are transcribed but left out of the score.
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client.speech import CER_LANGUAGES, Utterance, load_audio, load_manifest, wer
+from client.kit.speech import CER_LANGUAGES, Utterance, load_audio, load_manifest, wer
 from whisper_stream.engines.interface import SAMPLE_RATE, DecodeOptions, Engine, TranscribeRequest
 
 

@@ -28,13 +28,13 @@ from typing import Any
 import websockets
 
 from client.display import TranscriptPrinter
+from client.failures import report_failure
 from client.protocol import (
     FRAME_SAMPLES,
     Received,
     StreamResult,
     add_stream_options,
     metadata_from_args,
-    refusal,
     stream_frames,
 )
 
@@ -149,9 +149,11 @@ async def run_mic(
     stop: asyncio.Event | None = None,
     on_message: Callable[[Received], None] | None = None,
     on_open: Callable[[], None] | None = None,
+    on_connect: Callable[[], None] | None = None,
     drain_timeout_s: float = 60.0,
 ) -> StreamResult:
-    """Stream the microphone until `stop` is set, then end the stream properly and return every reply."""
+    """Stream the microphone until `stop` is set, then end the stream properly and return every reply.
+    `on_open()` runs once the microphone is open, `on_connect()` once the server accepted the connection."""
     stop = stop or asyncio.Event()
     source = MicSource(stream_factory or sounddevice_stream_factory(), device=device)
     source.open()  # before connecting: a missing microphone is reported without touching the server
@@ -166,9 +168,16 @@ async def run_mic(
             api_key=api_key,
             timeout_s=drain_timeout_s,
             on_message=on_message,
+            on_connect=on_connect,
         )
     finally:
         source.close()
+
+
+def _connected(url: str, then: Callable[[], None] | None) -> None:
+    print(f"[connected to {url}; listening, Ctrl-C to stop]", file=sys.stderr, flush=True)
+    if then:
+        then()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,8 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_options(
         p,
         partials_default=True,
-        url_help="WebSocket URL (env WHISPER_STREAM_URL); Baseten: wss://model-ID.api.baseten.co/"
-        "environments/production/websocket",
+        url_help="; Baseten: wss://model-ID.api.baseten.co/environments/production/websocket",
     )
     p.add_argument("--device", default=None, help="input device index or name (default: system default)")
     p.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
@@ -187,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _amain(
-    args: argparse.Namespace, out: Any = None, stream_factory: StreamFactory | None = None
+    args: argparse.Namespace,
+    out: Any = None,
+    stream_factory: StreamFactory | None = None,
+    on_connect: Callable[[], None] | None = None,
 ) -> StreamResult:
     meta = metadata_from_args(args)
     printer = TranscriptPrinter(out, show_partials=args.partials, timestamps=args.timestamps)
@@ -221,37 +232,54 @@ async def _amain(
             stream_factory=stream_factory,
             stop=stop,
             on_message=printer,
-            on_open=lambda: print(f"[listening -> {args.url}; Ctrl-C to stop]", file=sys.stderr, flush=True),
+            on_open=lambda: print(f"[microphone on, connecting to {args.url}]", file=sys.stderr, flush=True),
+            on_connect=lambda: _connected(args.url, on_connect),
         )
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
 
 
-def main(argv: list[str] | None = None, *, stream_factory: StreamFactory | None = None) -> int:
-    """The console command; `stream_factory` replaces sounddevice's RawInputStream (tests)."""
+def list_devices(query: Callable[[], Any] | None = None) -> str:
+    """sounddevice's device table; MicUnavailable when PortAudio is missing or sees no device at all (its
+    table is then empty: a blank line would tell the user nothing)."""
+    if query is None:
+        sounddevice_stream_factory()  # MicUnavailable without sounddevice or PortAudio
+        import sounddevice
+
+        query = sounddevice.query_devices
+    table = str(query()).strip()
+    if not table:
+        raise MicUnavailable(
+            "no audio devices: PortAudio is installed but sees no sound card or microphone "
+            "(in a container or VM, pass the host's audio device through)"
+        )
+    return table
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    stream_factory: StreamFactory | None = None,
+    query_devices: Callable[[], Any] | None = None,
+) -> int:
+    """The console command; `stream_factory` replaces sounddevice's RawInputStream and `query_devices`
+    its device query (tests)."""
     args = build_parser().parse_args(argv)
     prog = "whisper-stream-mic"
+    connected: list[bool] = []
     try:
         if args.list_devices:
-            sounddevice_stream_factory()
-            import sounddevice
-
-            print(sounddevice.query_devices())
+            print(list_devices(query_devices))
             return 0
-        result = asyncio.run(_amain(args, stream_factory=stream_factory))
+        result = asyncio.run(
+            _amain(args, stream_factory=stream_factory, on_connect=lambda: connected.append(True))
+        )
     except MicUnavailable as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    except websockets.InvalidStatus as exc:
-        print(f"{prog}: {refusal(exc)}", file=sys.stderr)
-        return 1
-    except TimeoutError:
-        print(f"{prog}: {args.url}: timed out (no connection, or no 'finished' in time)", file=sys.stderr)
-        return 1
-    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
-        print(f"{prog}: cannot connect to {args.url}: {exc}", file=sys.stderr)
-        return 1
+    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:  # TimeoutError included
+        return report_failure(prog, args.url, exc, connected=bool(connected))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -17,9 +17,21 @@ from typing import Any
 
 import websockets
 
-DEFAULT_URL = "ws://127.0.0.1:8000/v1/websocket"
+from whisper_stream.settings import ENV_PREFIX, ServerSettings
+
+URL_ENV = "WHISPER_STREAM_URL"
+PORT_ENV = f"{ENV_PREFIX}PORT"  # the variable `whisper-stream serve` reads its port from
+DEFAULT_PORT: int = ServerSettings.model_fields["port"].default
 FRAME_SAMPLES = 512  # what every documented client sends: 32 ms at 16 kHz
 FRAME_S = FRAME_SAMPLES / 16000
+
+
+def default_url() -> str:
+    """$WHISPER_STREAM_URL, else the local server on $WHISPER_STREAM_PORT (the server's own variable, so a
+    port exported for `whisper-stream serve` reaches the clients too), else on the server's default port."""
+    if url := os.environ.get(URL_ENV):
+        return url
+    return f"ws://127.0.0.1:{os.environ.get(PORT_ENV) or DEFAULT_PORT}/v1/websocket"
 
 
 def is_transcription(msg: dict[str, Any], final: bool | None = None) -> bool:
@@ -120,16 +132,22 @@ def add_stream_options(
     partials_default: bool,
     partials_help: str | None = None,
     connection: bool = True,
-    url_help: str = "WebSocket URL (env WHISPER_STREAM_URL)",
+    url_help: str = "",
     language_help: str = "audio_language: ISO code or 'auto' (default en)",
 ) -> None:
     """The options every client tool shares; `metadata_from_args` turns them into the stream's metadata.
 
-    `connection=False` leaves out --url (env WHISPER_STREAM_URL) and --api-key (env BASETEN_API_KEY), for a
-    tool that declares its own (the benchmark's repeat, one per server).
+    `connection=False` leaves out --url (default `default_url()`; `url_help` is appended to its help) and
+    --api-key (env BASETEN_API_KEY), for a tool that declares its own
+    (the benchmark's repeat, one per server).
     """
     if connection:
-        parser.add_argument("--url", default=os.environ.get("WHISPER_STREAM_URL", DEFAULT_URL), help=url_help)
+        parser.add_argument(
+            "--url",
+            default=default_url(),
+            help=f"WebSocket URL (default ${URL_ENV}, else ws://127.0.0.1:${PORT_ENV}/v1/websocket, "
+            f"port {DEFAULT_PORT} when unset){url_help}",
+        )
         parser.add_argument(
             "--api-key",
             default=os.environ.get("BASETEN_API_KEY"),
@@ -183,6 +201,7 @@ async def stream_pcm(
     on_message: Any = None,
     on_progress: Callable[[float], None] | None = None,
     after_frame: dict[int, str] | None = None,
+    on_connect: Callable[[], None] | None = None,
 ) -> StreamResult:
     """Stream `pcm` paced at `speed` x real time (0 = as fast as possible) and collect every reply.
 
@@ -213,6 +232,7 @@ async def stream_pcm(
         timeout_s=timeout_s,
         on_message=on_message,
         on_progress=on_progress,
+        on_connect=on_connect,
     )
 
 
@@ -227,6 +247,7 @@ async def stream_frames(
     timeout_s: float = 300.0,
     on_message: Callable[[Received], None] | None = None,
     on_progress: Callable[[float], None] | None = None,
+    on_connect: Callable[[], None] | None = None,
 ) -> StreamResult:
     """Send the metadata, then every frame `frames` yields (a file, a microphone...), then `end_audio`.
 
@@ -234,12 +255,15 @@ async def stream_frames(
     `end_audio` it waits (at most `timeout_s`) until the server closes, i.e. after `finished`, so the result
     holds the last finals. Arrival times and audio progress share one clock: seconds since the metadata
     was sent (just before the first frame). A `str` from `frames` is sent as a text frame (a control
-    message); its send time is kept in `controls_sent`.
+    message); its send time is kept in `controls_sent`. `on_connect()` runs once the handshake succeeded
+    (the tools print the URL they reached).
     """
     result = StreamResult()
     async with websockets.connect(
         url, additional_headers=auth_headers(api_key), max_size=None, open_timeout=30
     ) as ws:
+        if on_connect:
+            on_connect()
         await ws.send(json.dumps(meta))
         t0 = time.monotonic()
 

@@ -5,9 +5,9 @@
 Any file PyAV decodes (WAV, FLAC, MP3, ...), at any rate and channel count, is converted to what the metadata
 declares (`--encoding`, `--sample-rate`; default the documented pcm_s16le at 16 kHz) and sent in 32 ms frames
 (512 samples at 16 kHz), paced at real time or `--speed` times faster (0 = as fast as the socket takes it).
-Each file is one stream: metadata, audio, `end_audio`, then the remaining finals until `finished`. A file
-that is not audio is reported in one line and skipped; the exit status is 1 when any file failed, got an
-error frame or never saw `finished`.
+Each file is one stream: metadata, audio, `end_audio`, then the remaining finals until `finished`. A file that
+is not audio, or holds no samples, is reported in one line and skipped; the exit status is 1 when any file
+failed, got an error frame or never saw `finished`.
 
 `--jsonl` writes one line per received message: `{"file", "t", "unix_time", "message"}`, `t` being seconds
 since the stream's first audio frame on the client's monotonic clock, the clock latency is measured on.
@@ -27,6 +27,8 @@ from typing import Any, TextIO
 import websockets
 
 from client.display import TranscriptPrinter
+from client.failures import report_failure
+from client.kit.speech import load_audio
 from client.protocol import (
     Received,
     StreamResult,
@@ -34,16 +36,14 @@ from client.protocol import (
     frame_samples,
     metadata,
     metadata_from_args,
-    refusal,
     stream_pcm,
 )
-from client.speech import load_audio
 from whisper_stream.audio import SAMPLE_WIDTH as BYTES_PER_SAMPLE
 from whisper_stream.audio import encode as encode_audio
 
 
 class DecodeError(ValueError):
-    """A file that is not audio (or not one PyAV can decode)."""
+    """A file with nothing to stream: not audio (or not audio PyAV decodes), or no samples at all."""
 
 
 class JsonlRecorder:
@@ -67,6 +67,7 @@ async def stream_file(
     speed: float = 1.0,
     api_key: str | None = None,
     on_message: Callable[[Received], None] | None = None,
+    on_connect: Callable[[], None] | None = None,
     timeout_s: float = 300.0,
 ) -> StreamResult:
     """Decode `path`, convert it to the metadata's encoding and rate, stream it paced, collect the replies."""
@@ -77,7 +78,14 @@ async def stream_file(
     try:
         audio = load_audio(path, sample_rate)
     except Exception as exc:  # PyAV's errors for non-audio files: InvalidDataError, ValueError, ...
-        raise DecodeError(" ".join(str(exc).split())[:160] or type(exc).__name__) from exc
+        # PyAV's FFmpegErrors read "[Errno 1094995529] Invalid data found when processing input: 'path'":
+        # their strerror alone is the part a user can act on
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DecodeError(
+            f"not audio this tool can decode ({' '.join(reason.split())[:160] or type(exc).__name__})"
+        ) from exc
+    if not len(audio):
+        raise DecodeError("no audio in it (0 samples): nothing to transcribe")
     width = BYTES_PER_SAMPLE[encoding]
     return await stream_pcm(
         url,
@@ -89,6 +97,7 @@ async def stream_file(
         api_key=api_key,
         timeout_s=timeout_s,
         on_message=on_message,
+        on_connect=on_connect,
     )
 
 
@@ -124,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _amain(args: argparse.Namespace) -> int:
+async def _amain(args: argparse.Namespace, connected: set[str]) -> int:
     rate = args.sample_rate or (8000 if args.encoding in ("pcm_mulaw", "pcm_alaw") else 16000)
     meta = metadata_from_args(args, encoding=args.encoding, sample_rate=rate)
     log = args.jsonl.open("w") if args.jsonl else None
@@ -143,13 +152,24 @@ async def _amain(args: argparse.Namespace) -> int:
                 if not args.quiet or item.message.get("type") == "error":
                     printer(item)
 
+            def on_connect(path: Path = path) -> None:
+                connected.add(args.url)
+                if not args.quiet:
+                    print(f"{path}: connected to {args.url}", file=sys.stderr, flush=True)
+
             try:
                 result = await stream_file(
-                    path, args.url, meta=meta, speed=args.speed, api_key=args.api_key, on_message=on_message
+                    path,
+                    args.url,
+                    meta=meta,
+                    speed=args.speed,
+                    api_key=args.api_key,
+                    on_message=on_message,
+                    on_connect=on_connect,
                 )
             except DecodeError as exc:
                 failures += 1
-                print(f"{path}: not audio this tool can decode ({exc})", file=sys.stderr)
+                print(f"{path}: {exc}", file=sys.stderr)
                 continue
             if result.errors:
                 failures += 1
@@ -173,18 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{prog}: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    connected: set[str] = set()  # the URLs whose server accepted the connection
     try:
-        return asyncio.run(_amain(args))
-    except websockets.InvalidStatus as exc:
-        print(f"{prog}: {refusal(exc)}", file=sys.stderr)
-    except TimeoutError:
-        print(f"{prog}: {args.url}: timed out", file=sys.stderr)
-    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
-        print(f"{prog}: cannot connect to {args.url}: {exc}", file=sys.stderr)
+        return asyncio.run(_amain(args, connected))
+    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:  # TimeoutError included
+        return report_failure(prog, args.url, exc, connected=bool(connected))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    return 1
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from client.local_server import LocalServer
-from client.speech import load_manifest
+from client.kit.local_server import LocalServer
+from client.kit.speech import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,11 +6,12 @@ Three shapes arrive from real clients and normalise to one `StreamConfig`:
 - early 2025, flat: `vad_params` + `streaming_whisper_params` (encoding, sample_rate,
   enable_partial_transcripts, audio_language, show_word_timestamps).
 The deprecated `asr_options` (`beam_size`, `length_penalty`) maps onto `whisper_sampling_params`.
-Unknown keys are errors (as on Baseten), but with a message that names them.
+Unknown keys are errors (as on Baseten), but with a message that names them and the closest known key.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import (
@@ -259,11 +260,28 @@ def _loc(error: dict[str, Any], alias: str | None) -> str:
     return loc
 
 
+# Top-level keys the older shapes accept besides StreamConfig's own fields (see `_normalise_shapes`).
+OLDER_SHAPE_KEYS = ("vad_params", "streaming_whisper_params", "asr_options")
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """' (did you mean 'X'?)' for a misspelt key: the closest field of the object it was sent in, if any."""
+    model: Any = StreamConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return ""
+    known = list(model.model_fields) + (list(OLDER_SHAPE_KEYS) if model is StreamConfig else [])
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _describe(error: dict[str, Any], alias: str | None) -> str:
     loc = _loc(error, alias)
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"unknown field {short(loc)}"
+        return f"unknown field {short(loc)}{_did_you_mean(error['loc'])}"
     if kind == "literal_error":
         allowed = error.get("ctx", {}).get("expected", "")
         return f"{loc}: got {short(error.get('input'))}, allowed values: {allowed}"

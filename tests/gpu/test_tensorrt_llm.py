@@ -78,7 +78,7 @@ def test_english_transcripts_and_wer(engine) -> None:
 
 
 async def test_restricted_language_detection_and_timestamps(engine) -> None:
-    from client.speech import BUNDLED_DATA, load_audio
+    from client.kit.speech import BUNDLED_DATA, load_audio
     from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest
 
     sv = load_audio(BUNDLED_DATA / "speech/mfa_sv_u0016003.wav")

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 import pytest
 import websockets
 
-from client.local_server import free_port
+from client.kit.local_server import free_port
+from client.kit.speech import load_audio, to_pcm16
 from client.protocol import metadata
-from client.speech import load_audio, to_pcm16
 from whisper_stream.driver import MESSAGE_OVERHEAD_BYTES
 from whisper_stream.engines.interface import Segment, TranscribeResult
 from whisper_stream.engines.null import NullEngine

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from client.bench_beam import beam_options, faster_whisper_text
+from client.bench.beam import beam_options, faster_whisper_text
+from client.kit.speech import join_utterances, load_audio, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from client.speech import join_utterances, load_audio, to_pcm16, wer
 from whisper_stream.config import parse_metadata
 from whisper_stream.engines.interface import TranscribeRequest
 from whisper_stream.hallucination import possible_hallucination, repeats_long_run

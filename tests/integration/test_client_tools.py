@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import wave
@@ -18,10 +21,13 @@ import jiwer
 import numpy as np
 import pytest
 
-from client import bench, bench_audio, mic
+from client import mic
+from client.bench import audio as bench_audio
+from client.bench import cli as bench
 from client.display import TranscriptPrinter
-from client.protocol import Received, finals_text, metadata
-from client.speech import load_audio, normalizer, to_pcm16
+from client.kit.local_server import ROOT
+from client.kit.speech import load_audio, normalizer, to_pcm16, wer
+from client.protocol import Received, default_url, finals_text, metadata
 from client.stream_file import JsonlRecorder, stream_file
 from client.stream_file import main as stream_file_main
 
@@ -131,6 +137,28 @@ def test_mic_without_an_audio_device_gives_a_message_not_a_traceback(capsys):
     assert "no usable input device" in err and "--list-devices" in err and "Traceback" not in err
 
 
+def test_mic_list_devices_says_there_is_no_device_instead_of_a_blank_line(capsys):
+    code = mic.main(["--list-devices"], query_devices=lambda: "")  # PortAudio's table with no device
+    out, err = capsys.readouterr()
+    assert code == 2 and not out.strip(), out
+    assert "no audio devices" in err and "PortAudio" in err, err
+
+
+def test_mic_list_devices_without_portaudio_says_so(capsys):
+    try:
+        import sounddevice  # noqa: F401
+    except OSError:  # PortAudio missing: the case to test
+        pass
+    except ImportError:
+        pytest.skip("sounddevice is not installed")
+    else:
+        pytest.skip("PortAudio is installed here")
+    code = mic.main(["--list-devices"])
+    out, err = capsys.readouterr()
+    assert code == 2 and not out.strip(), out
+    assert "install PortAudio" in err and "Traceback" not in err, err
+
+
 def test_terminal_printer_rewrites_partials_in_place():
     out = io.StringIO()
     printer = TranscriptPrinter(out, tty=True)
@@ -180,10 +208,38 @@ def test_file_streamer_skips_a_non_audio_file_in_one_line_and_fails_the_run(serv
     code = stream_file_main(["--url", server.url, "--speed", "0", str(notes), str(speech[WIZARD].path)])
     out, err = capsys.readouterr()
     assert code == 1
-    assert [line for line in err.splitlines() if line.strip()] == [
-        line for line in err.splitlines() if line.startswith(f"{notes}: not audio")
-    ], err
+    problems = [line for line in err.splitlines() if line.strip() and ": connected to " not in line]
+    assert problems == [line for line in err.splitlines() if line.startswith(f"{notes}: not audio")], err
     assert "Traceback" not in err and "wizard" in out.lower(), (out, err)  # the next file still streamed
+    assert "Errno" not in err and "(Invalid data found when processing input)" in err, err  # FFmpeg's words
+
+
+def test_file_streamer_reports_an_empty_wav_and_fails(server, tmp_path, capsys):
+    empty = tmp_path / "empty.wav"
+    with wave.open(str(empty), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+    code = stream_file_main(["--url", server.url, str(empty)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{empty}: no audio in it (0 samples)" in err and "connected" not in err, err
+
+
+def test_file_streamer_says_its_output_closed_not_that_it_cannot_connect(server, speech):
+    """`... | head -1`: the closed pipe is ours, the server was reached."""
+    cmd = [sys.executable, "-m", "client.stream_file", "--url", server.url, "--speed", "0"]
+    proc = subprocess.Popen(
+        [*cmd, str(speech[WIZARD].path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the first final is printed (the tool needs seconds to start and stream)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "output closed (broken pipe)" in err and "cannot connect" not in err and "Traceback" not in err, (
+        err
+    )
+    assert "Exception ignored" not in err, err  # no second error when Python flushes stdout at exit
 
 
 def test_file_streamer_shows_the_servers_explanation_of_a_refusal(server, speech, capsys):
@@ -283,3 +339,47 @@ def test_audio_front_end_benchmark_measures_every_encoding(tmp_path, capsys):
     assert [(r["encoding"], r["sample_rate"]) for r in rows] == bench_audio.CASES
     assert all(0 < r["decode_ms_per_s"] < r["total_ms_per_s"] and r["vad_ms_per_s"] > 0 for r in rows)
     assert "silero vad" in capsys.readouterr().out
+
+
+def test_default_url_is_the_env_url_else_the_servers_port_variable(monkeypatch):
+    monkeypatch.delenv("WHISPER_STREAM_URL", raising=False)
+    monkeypatch.delenv("WHISPER_STREAM_PORT", raising=False)
+    assert default_url() == "ws://127.0.0.1:8000/v1/websocket"
+    monkeypatch.setenv("WHISPER_STREAM_PORT", "8123")  # what `whisper-stream serve` reads its port from
+    assert default_url() == "ws://127.0.0.1:8123/v1/websocket"
+    monkeypatch.setenv("WHISPER_STREAM_URL", "wss://example.test/v1/websocket")
+    assert default_url() == "wss://example.test/v1/websocket"
+
+
+def test_file_streamer_follows_the_servers_port_and_says_where_it_connected(
+    server, speech, monkeypatch, capsys
+):
+    monkeypatch.delenv("WHISPER_STREAM_URL", raising=False)
+    monkeypatch.setenv("WHISPER_STREAM_PORT", str(server.port))
+    code = stream_file_main(["--speed", "0", str(speech[WIZARD].path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"connected to {server.url}" in err and "wizard" in out.lower(), (out, err)
+
+
+def test_mic_follows_the_servers_port_and_says_where_it_connected(server, speech, monkeypatch, capsys):
+    monkeypatch.delenv("WHISPER_STREAM_URL", raising=False)
+    monkeypatch.setenv("WHISPER_STREAM_PORT", str(server.port))
+    pcm = to_pcm16(load_audio(speech[WIZARD].path)[:16000])
+    code = mic.main(
+        ["--duration", "1", "--no-partials"], stream_factory=lambda **kw: WavInputStream(pcm, **kw)
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"connected to {server.url}" in err, err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_make_try_streams_jfk_to_the_port_make_serve_used(server, speech):
+    """The README's try-it block: `make serve PORT=N`, then `make try PORT=N` prints the finals."""
+    prefix = Path(sys.prefix)  # this interpreter's environment, taken as installed (-o: never reinstalled)
+    cmd = ["make", "-s", "try", f"PORT={server.port}", f"VENV={prefix}", "-o", f"{prefix}/bin/.installed"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert f"connected to {server.url}" in run.stderr, run.stderr
+    assert wer([speech["jfk"].text], [run.stdout]) < 0.15, run.stdout

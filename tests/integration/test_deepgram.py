@@ -14,8 +14,8 @@ from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
 
+from client.kit.speech import join_utterances, load_audio, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from client.speech import join_utterances, load_audio, to_pcm16, wer
 
 IDS = ["ls_1089-134686-0001", "ls_61-70968-0000", "lj_LJ002-0020"]
 SPEED = 4.0

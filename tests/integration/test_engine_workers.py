@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from client.speech import load_audio
+from client.kit.speech import load_audio
 from whisper_stream.engines import create_engine
 from whisper_stream.engines.ctranslate2 import DEFAULT_WORKERS, CTranslate2Engine
 from whisper_stream.engines.interface import TranscribeRequest

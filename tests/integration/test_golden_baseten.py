@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.local_server import LocalServer
+from client.kit.local_server import LocalServer
+from client.kit.speech import load_audio, load_manifest, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from client.speech import load_audio, load_manifest, to_pcm16, wer
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "baseten.json"
 FLUSHED = ("ls_1221-135766-0001", "ls_2412-153948-0000", "mfa_cold_corpus")  # a finalize mid-speech too

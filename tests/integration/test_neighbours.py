@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
+from client.kit.speech import join_utterances, load_audio, to_pcm16
 from client.protocol import metadata, stream_pcm
-from client.speech import join_utterances, load_audio, to_pcm16
 from whisper_stream.engines.ctranslate2 import CTranslate2Engine
 from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest
 

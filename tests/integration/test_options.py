@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
+from client.kit.speech import join_utterances, load_audio, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from client.speech import join_utterances, load_audio, to_pcm16, wer
 from whisper_stream.audio import encode, resample
 
 LANGUAGE_FILES = {
@@ -225,7 +225,7 @@ async def test_sampling_params_and_prefix(server, speech):
 
 
 async def test_idle_stream_is_closed_with_an_error(speech):
-    from client.local_server import LocalServer
+    from client.kit.local_server import LocalServer
 
     proc = LocalServer("--idle-timeout-s", "1.5").wait(timeout_s=180)
     try:

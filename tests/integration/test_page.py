@@ -27,9 +27,9 @@ import pytest
 import websockets
 from playwright.async_api import Page, async_playwright
 
-from client.local_server import LocalServer
+from client.kit.local_server import LocalServer
+from client.kit.speech import SR, join_utterances, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from client.speech import SR, join_utterances, to_pcm16, wer
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "build" / "test-output"

@@ -4,8 +4,8 @@ one `speech_final` for the utterance."""
 
 from __future__ import annotations
 
+from client.kit.speech import join_utterances, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from client.speech import join_utterances, to_pcm16, wer
 from tests.integration.test_deepgram import SPEED, finals_text, run
 
 LONG = "ls_1221-135766-0001"  # 16.7 s, pauses of 64-160 ms inside

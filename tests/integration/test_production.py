@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import websockets
 
-from client.local_server import LocalServer, free_port
+from client.kit.local_server import LocalServer, free_port
+from client.kit.speech import load_audio, to_pcm16
 from client.protocol import finals_text, metadata, stream_pcm
-from client.speech import load_audio, to_pcm16
 from whisper_stream.engines.ctranslate2 import CTranslate2Engine
 from whisper_stream.engines.interface import TranscribeRequest
 from whisper_stream.server import build_runtime, start_server

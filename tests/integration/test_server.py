@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import websockets
 
+from client.kit.speech import join_utterances, load_audio, to_pcm16, wer
 from client.protocol import finals_text, metadata, stream_pcm
-from client.speech import join_utterances, load_audio, to_pcm16, wer
 
 ENGLISH = [
     "ls_1089-134686-0001",

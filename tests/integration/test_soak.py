@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from client import bench_server
+from client.bench import server as bench_server
 
 SOAK_S = float(os.environ.get("WHISPER_STREAM_SOAK_S", "180"))
 MAX_GROWTH_MB = 40  # second half's mean RSS over the first half's: a leak of one stream's buffers per minute

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from client.kit.speech import join_utterances, load_audio, to_pcm16
 from client.protocol import metadata, stream_frames, stream_pcm
-from client.speech import join_utterances, load_audio, to_pcm16
 
 IDS = ["ls_1089-134686-0001", "ls_1221-135766-0002", "ls_61-70968-0000", "lj_LJ002-0020"]
 

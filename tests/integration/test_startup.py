@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from client.local_server import ROOT, free_port
+from client.kit.local_server import ROOT, free_port
 from whisper_stream import model_source
 from whisper_stream.model_integrity import PACKAGE_SHA256
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import websockets
 
+from client.kit.speech import load_audio, to_pcm16
 from client.protocol import metadata
-from client.speech import load_audio, to_pcm16
 from tests.integration.test_admission_and_drain import served as served_by_stand_in
 from whisper_stream import driver
 from whisper_stream.core.session import Session

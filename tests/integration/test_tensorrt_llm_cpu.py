@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the TensorRT-LLM engine's code path needs torch")
 
-from client.speech import load_audio, load_manifest  # noqa: E402
+from client.kit.speech import load_audio, load_manifest  # noqa: E402
 from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest  # noqa: E402
 from whisper_stream.hallucination import is_invented, is_silence, possible_hallucination  # noqa: E402
 

@@ -40,9 +40,9 @@ if importlib.util.find_spec("pytriton") is None or importlib.util.find_spec("tri
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 
-from client import speech  # noqa: E402
+from client.kit import speech  # noqa: E402
+from client.kit.speech import Utterance, load_manifest, wer  # noqa: E402
 from client.protocol import finals_text  # noqa: E402
-from client.speech import Utterance, load_manifest, wer  # noqa: E402
 from triton_launcher import Ports, TritonServer, free_ports  # noqa: E402
 from whisper_stream.endpointer import VadOptions  # noqa: E402
 from whisper_stream.engines.triton import TritonEngine  # noqa: E402

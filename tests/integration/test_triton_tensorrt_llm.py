@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("torch", reason="the TensorRT-LLM engine's code path needs torch")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="the triton extra is not installed")
 
-from client.speech import load_audio, load_manifest  # noqa: E402
+from client.kit.speech import load_audio, load_manifest  # noqa: E402
 from triton_launcher import Ports, TritonServer  # noqa: E402
 from whisper_stream.engines.interface import (  # noqa: E402
     DecodeOptions,

@@ -30,9 +30,9 @@ import websockets
 import yaml
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from client.local_server import free_port
+from client.kit.local_server import free_port
+from client.kit.speech import load_audio, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from client.speech import load_audio, to_pcm16, wer
 from tests.conftest import ROOT
 
 TRUSS_DIR = ROOT / "truss"

@@ -104,7 +104,9 @@ class BasetenStream:
     def clear(self) -> list:
         return self.render(self.session.clear())
 
-    def on_result(self, request_id: int, result: Any, error: str | None, now: float = 0.0, timing: Any = None):
+    def on_result(
+        self, request_id: int, result: Any, error: str | None, now: float = 0.0, timing: Any = None
+    ):
         return self.render(self.session.on_result(request_id, result, error, timing))
 
     def _flush(self) -> list:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from client import bench_metrics as bm
-from client.bench import compare, format_table
+from client.bench import metrics as bm
+from client.bench.cli import build_parser
+from client.bench.report import compare, format_table
 from client.protocol import Received, frame_samples
 from whisper_stream.audio import encode as encode_audio
 
@@ -217,8 +220,8 @@ def test_full_load_window_runs_from_the_last_stream_start_to_the_first_stream_en
     """bench-frontend's cost at N streams: read while all N send, not over the staggered start and end."""
     import os
 
-    from client.bench_server import FullLoad
-    from client.speech import JoinedStream
+    from client.bench.server import FullLoad
+    from client.kit.speech import JoinedStream
 
     def stream(seconds: float) -> JoinedStream:
         return JoinedStream(np.zeros(int(seconds * 16000), dtype=np.float32), (), (), ())
@@ -241,3 +244,18 @@ def test_full_load_window_runs_from_the_last_stream_start_to_the_first_stream_en
     # /proc counts CPU in clock ticks and the two are read one after the other: one tick each may differ
     tick_percent = 100 / os.sysconf("SC_CLK_TCK") / window.window_s / 2  # one tick, per stream
     assert loop_thread is not None and 0 < loop_thread <= window.core_percent_per_stream + 2 * tick_percent
+
+
+def test_bench_help_states_the_defaults_the_benchmark_runs_with():
+    parser = build_parser()
+    used = parser.parse_args([])
+    assert used.concurrency == [1, 2, 4]
+    assert "the ramp, comma-separated (default 1,2,4)" in " ".join(parser.format_help().split())
+    formatter = parser._get_formatter()
+    for action in parser._actions:  # every "default N" a help states is the value the run gets
+        value = getattr(used, action.dest, None)
+        if action.help is None or value is None:  # not sent by default: the help names the server's default
+            continue
+        stated = re.findall(r"default:? ([0-9](?:[0-9.,]*[0-9])?)", formatter._expand_help(action))
+        shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        assert all(s == shown for s in stated), (action.dest, stated, shown)

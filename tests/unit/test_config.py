@@ -144,6 +144,28 @@ def test_errors_name_the_field(meta, field, needle):
         assert field in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "meta,suggestion",
+    [
+        ({"whisper_params": {"audio_langauge": "en"}}, "did you mean 'audio_language'?"),
+        ({"vad_param": {}}, "did you mean 'vad_params'?"),  # an older shape's key
+        ({"vad_params": {"treshold": 0.4}}, "did you mean 'threshold'?"),  # named as the client sent it
+        ({"streaming_params": {"sample_rte": 8000}}, "did you mean 'sample_rate'?"),
+        ({"whisper_params": {"whisper_sampling_params": {"beam_widht": 2}}}, "did you mean 'beam_width'?"),
+    ],
+)
+def test_a_misspelt_field_gets_the_closest_known_one(meta, suggestion):
+    with pytest.raises(ConfigError, match="unknown field") as info:
+        parse_metadata(meta)
+    assert suggestion in str(info.value)
+
+
+def test_an_unknown_field_like_no_known_one_gets_no_guess():
+    with pytest.raises(ConfigError, match="unknown field 'zzz'") as info:
+        parse_metadata({"zzz": 1})
+    assert "did you mean" not in str(info.value)
+
+
 def test_unimplemented_settings_are_refused_not_ignored():
     with pytest.raises(ConfigError) as info:
         parse_metadata({"whisper_params": {"enable_diarization": True}})

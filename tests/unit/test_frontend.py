@@ -8,11 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from client.speech import load_audio, to_pcm16
+from client.kit.speech import load_audio, to_pcm16
 from whisper_stream.config import parse_metadata
-from whisper_stream.frontend import GATHER_MAX_BYTES, FrontEnd, Ticket
 from whisper_stream.core.events import Transcribe
 from whisper_stream.core.session import Session
+from whisper_stream.frontend import GATHER_MAX_BYTES, FrontEnd, Ticket
 from whisper_stream.stream_audio import StreamAudio
 from whisper_stream.vad import SileroModel
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.speech import BUNDLED_DATA, load_audio
+from client.kit.speech import BUNDLED_DATA, load_audio
 from whisper_stream import mel
 
 whisper = pytest.importorskip("whisper", reason="openai-whisper (reference implementation) not installed")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from tests.unit.fakes import LoudnessVad, fake_result, pcm, silence, tone
+from whisper_stream.core.events import Transcribe
+from whisper_stream.driver import Audio, EndAudio, Send
 from whisper_stream.protocols import deepgram, openai_realtime
 from whisper_stream.protocols.deepgram import ParamError, parse_params
-from whisper_stream.scheduler import Scheduler
-from whisper_stream.core.events import Transcribe, TurnEvent
-from whisper_stream.driver import Audio, EndAudio, Send
 from whisper_stream.runtime import Runtime
+from whisper_stream.scheduler import Scheduler
 from whisper_stream.stream_audio import StreamAudio
 from whisper_stream.transport import Close
 

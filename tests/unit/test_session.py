@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.unit.fakes import BasetenStream, SR, LoudnessVad, fake_result, pcm, silence, tone
+from tests.unit.fakes import SR, BasetenStream, LoudnessVad, fake_result, pcm, silence, tone
 from whisper_stream.config import parse_metadata
 from whisper_stream.core.events import Cancel, FlushAnswered, Promote, Transcribe
 from whisper_stream.driver import Send

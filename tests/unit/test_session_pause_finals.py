@@ -8,10 +8,9 @@ import pytest
 from tests.unit.fakes import BasetenStream, LoudnessVad, fake_result, silence, tone
 from tests.unit.test_session import answer, feed, frames_until, requests, sent
 from whisper_stream.config import parse_metadata
-from whisper_stream.engines.interface import TranscribeResult
 from whisper_stream.core.events import Transcript, TurnEvent
 from whisper_stream.core.segmenter import PAUSE_FINAL_MS
-from whisper_stream.driver import Send
+from whisper_stream.engines.interface import TranscribeResult
 
 PAUSE_S = 0.15  # longer than PAUSE_FINAL_MS, far shorter than the 300 ms endpoint
 PAD_S = 0.03
@@ -66,7 +65,7 @@ def test_the_pause_final_is_the_speculative_decode_confirmed_after_the_pause_len
     s3 = make()
     feed(s3, tone(4.512))
     (spec3,) = requests(feed(s3, silence((frames - 1) * 0.032)), "speculative")
-    assert not spec3.request_id in s3.promoted
+    assert spec3.request_id not in s3.promoted
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import numpy as np
 from tests.unit.fakes import BasetenStream, LoudnessVad, silence, tone
 from tests.unit.test_session import answer, feed, make, requests, sent
 from whisper_stream.config import StreamConfig, parse_metadata
-from whisper_stream.engines.interface import Segment, TranscribeResult, Word
 from whisper_stream.core.events import Transcript, TurnEvent
+from whisper_stream.engines.interface import Segment, TranscribeResult, Word
 
 
 def events(actions, kind=None) -> list[TurnEvent]:

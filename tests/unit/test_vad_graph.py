@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from client.speech import load_audio
+from client.kit.speech import load_audio
 from whisper_stream import vad_graph
 from whisper_stream.vad import FRAME, SileroModel, default_model_path, to_frames
 

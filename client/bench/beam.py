@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from client.local_server import LocalServer
+from client.kit.local_server import LocalServer
+from client.kit.speech import SR, join_utterances, load_manifest, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from client.speech import SR, join_utterances, load_manifest, to_pcm16, wer
 from whisper_stream.config import parse_metadata
 from whisper_stream.engines.interface import TranscribeRequest
 
@@ -57,7 +57,7 @@ def faster_whisper_text(model: Any, audio: np.ndarray, options: Any, language: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m client.bench_beam", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m client.bench.beam", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=None, help="speech data folder (default: data/)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     args = p.parse_args(argv)

@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from client import bench
-from client.local_server import LocalServer
+from client.bench import cli as bench
+from client.kit.local_server import LocalServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.bench_triton", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m client.bench.triton", description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", default="1,2,4")
     parser.add_argument("--out", type=Path, default=Path("bench-results/triton"))
     args, rest = parser.parse_known_args(argv)

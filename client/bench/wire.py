@@ -1,7 +1,8 @@
 """The benchmark's clients for the other protocols this server speaks (and hosted Deepgram / OpenAI speak):
 each streams PCM the way `protocol.stream_pcm` does and turns the replies into Baseten-shaped messages
 (`transcription` with `is_final`, `transcription_num`, `segments[start_time, end_time, text]`, then
-`end_audio finished`), so `bench_metrics` computes the same latency and WER figures for every protocol."""
+`end_audio finished`), so `client.bench.metrics` computes the same latency and WER figures for every
+protocol."""
 
 from __future__ import annotations
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from client.bench_metrics import match_final, transcriptions
-from client.local_server import LocalServer
+from client.bench.metrics import match_final, transcriptions
+from client.kit.local_server import LocalServer
+from client.kit.speech import SR, join_utterances, load_manifest, to_pcm16, wer
 from client.protocol import Received, metadata, stream_pcm
-from client.speech import SR, join_utterances, load_manifest, to_pcm16, wer
 from whisper_stream.config import parse_metadata
 from whisper_stream.engines.interface import TranscribeRequest
 
@@ -32,7 +32,7 @@ SETTINGS = (0.0, 6.0, 4.0, 3.0, 2.0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m client.bench_pause", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m client.bench.pause", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=None, help="speech data folder (default: data/)")
     p.add_argument("--settings", type=float, nargs="+", default=list(SETTINGS), help="values of the option")
     p.add_argument("--repeats", type=int, default=3, help="decodes per covering final (median)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 SR = 16_000
-BUNDLED_DATA = Path(__file__).resolve().parents[1] / "data"
+BUNDLED_DATA = Path(__file__).resolve().parents[2] / "data"
 DATA_ENV = "WHISPER_STREAM_DATA"
 CER_LANGUAGES = frozenset({"zh", "ja", "ko", "yue"})  # written without spaces: scored by characters
 _MARKUP = re.compile(r"\[[^\]]*\]|<[^>]*>")  # corpus markup such as [adif] or <VOCNOISE>

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client.bench import machine_info
-from client.speech import data_dir, load_audio
+from client.bench.report import machine_info
+from client.kit.speech import data_dir, load_audio
 from whisper_stream.audio import SAMPLE_WIDTH, AudioDecoder, encode, resample
 from whisper_stream.vad import FRAME, SileroModel
 
@@ -50,7 +50,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.bench_audio", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m client.bench.audio", description=__doc__.split("\n")[0])
     parser.add_argument("--file", type=Path, default=None, help="default: a 10 s LibriSpeech file of data/")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-results/audio.json"))

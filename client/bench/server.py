@@ -1,17 +1,17 @@
 """Server-side benchmarks: what the server costs and whether its contracts hold under load.
 
-    python -m client.bench_server load      # 8, 16, 32 real-time streams, finals only, then with partials
-    python -m client.bench_server soak      # 2 streams for --duration-s (default 2 h), RSS and lag every 30 s
-    python -m client.bench_server frontend  # real-time streams, --engine null: CPU per stream, loop lag
-    python -m client.bench_server memory    # RSS per stream: idle streams, then unpaced ones not reading
+    python -m client.bench.server load      # 8, 16, 32 real-time streams, finals only, then with partials
+    python -m client.bench.server soak      # 2 streams for --duration-s (default 2 h), RSS and lag every 30 s
+    python -m client.bench.server frontend  # real-time streams, --engine null: CPU per stream, loop lag
+    python -m client.bench.server memory    # RSS per stream: idle streams, then unpaced ones not reading
 
-Each run starts its own server (`client.local_server`) so its CPU time and RSS can be read from /proc, prints
-a table and writes `<out>/<command>.json`. Streams are real speech from the data set, trimmed and joined with
-pauses of known length as `make bench` builds them; a final "covers" an utterance when its span contains the
-utterance's end of speech, and latency is `make bench`'s TTFS (end of speech as captured -> final). "Lost":
-utterances no final covers; "duplicated": utterances covered by more than one final. CPU is the server
-process's user+system time over the run's wall time (100 % = one core). These machines are shared: read
-each number with the load average printed next to it.
+Each run starts its own server (`client.kit.local_server`) so its CPU time and RSS can be read from /proc,
+prints a table and writes `<out>/<command>.json`. Streams are real speech from the data set, trimmed and
+joined with pauses of known length as `make bench` builds them; a final "covers" an utterance when its span
+contains the utterance's end of speech, and latency is `make bench`'s TTFS (end of speech as captured ->
+final). "Lost": utterances no final covers; "duplicated": utterances covered by more than one final. CPU is
+the server process's user+system time over the run's wall time (100 % = one core). These machines are shared:
+read each number with the load average printed next to it.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Any
 
 import websockets
 
-from client import bench_metrics as bm
-from client.bench import build_streams, select_utterances
-from client.local_server import LocalServer
+from client.bench import metrics as bm
+from client.bench.workload import build_streams, select_utterances
+from client.kit.local_server import LocalServer
+from client.kit.speech import JoinedStream, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from client.speech import JoinedStream, to_pcm16, wer
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MAX_UTTERANCE_S = 30.0  # as `make bench` (--max-utterance-s)
@@ -220,7 +220,7 @@ async def run_streams(
             ]
             speech_end = bm.speech_time_at(
                 res.audio_sent_s, end
-            )  # TTFS's definition (client/bench_metrics.py)
+            )  # TTFS's definition (client/bench/metrics.py)
             if arrivals and speech_end is not None:
                 latencies.append(min(arrivals) - speech_end)
         lags = [m["server_lag_s"] for m in res.finals + res.partials if m.get("server_lag_s") is not None]
@@ -411,7 +411,7 @@ COMMANDS = {"load": cmd_load, "soak": cmd_soak, "frontend": cmd_frontend, "memor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m client.bench_server", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m client.bench.server", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=sorted(COMMANDS))
     p.add_argument("--concurrency", default=None, help="streams per run, e.g. 8,16,32")
     p.add_argument("--streams", type=int, default=16, help="memory: streams of each kind")

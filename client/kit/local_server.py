@@ -18,7 +18,7 @@ from types import TracebackType
 
 from triton_launcher import free_ports
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -115,7 +115,7 @@ class Scheduler:
         self._wake.set()
 
     def promote(self, owner: object, request_id: int) -> None:
-        """A queued speculative decode was confirmed: now an urgent final, never shed (running or done: no-op)."""
+        """A queued speculative decode was confirmed: now an urgent final, never shed (running: no-op)."""
         for job in self._partials:
             if job.owner is owner and job.request_id == request_id:
                 self._partials.remove(job)

@@ -56,8 +56,8 @@ def fake_result(request: TranscribeRequest, text: str | None = None, **seg: floa
 
 
 class BasetenStream:
-    """A core `Session` fed bytes through its `StreamAudio` and a fake VAD, its results rendered by the Baseten
-    protocol, as the stream driver does: the session tests check what a Baseten client would receive.
+    """A core `Session` fed bytes through its `StreamAudio` and a fake VAD, its results rendered by the
+    Baseten protocol, as the stream driver does: the session tests check what a Baseten client receives.
 
     Returned lists hold the core's requests (`Transcribe`, `Promote`, `Cancel`) and results (`Transcript`,
     `TurnEvent`...), each result followed by what Baseten renders of it (`Send`, `Close`). `promoted` and

@@ -50,7 +50,7 @@ def answered(session, request_id: int, result) -> list:
 
 
 def wire_of(proto, outs) -> list:
-    """What the client receives of `outs`: the protocol's own messages and its renderings (closes left out)."""
+    """What the client receives of `outs`: the protocol's own messages and its renderings (no closes)."""
     wire: list = []
     for session, action in outs:
         if isinstance(action, Send):

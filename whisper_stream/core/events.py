@@ -42,8 +42,8 @@ class Transcript:
     """A partial or final transcription of one window of one stream.
 
     `number` counts the stream's finals (a partial carries the number its final will have); `utterance`
-    counts speech turns: the finals of one utterance cut at pauses or at the maximum duration share it, and all
-    but its last have `continues`. A final may be empty (no segments): protocols that report every turn's
+    counts speech turns: the finals of one utterance cut at pauses or at the maximum duration share it, and
+    all but its last have `continues`. A final may be empty (no segments): protocols that report every turn's
     end (Deepgram's `speech_final`, OpenAI's `completed`) still need it."""
 
     kind: Literal["partial", "final"]

@@ -15,13 +15,28 @@ Memory: one entry per final in flight (the driver caps them), one partial, one s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Literal
 
-from whisper_stream.core.events import Cause, Promote, Transcribe
+import numpy as np
+
+from whisper_stream.core.events import (
+    Action,
+    Cancel,
+    Cause,
+    Notice,
+    Promote,
+    RequestKind,
+    Transcribe,
+    Transcript,
+)
+from whisper_stream.core.settings import Settings
+from whisper_stream.core.transcripts import transcript_of_request
 from whisper_stream.delivery import InOrder
-from whisper_stream.engines.interface import DecodeOptions, TranscribeResult
+from whisper_stream.engines.interface import SAMPLE_RATE, DecodeOptions, TranscribeRequest, TranscribeResult
+from whisper_stream.hallucination import possible_hallucination
 
 PREVIOUS_TEXT_CHARS = 600  # bound on the previous finals used as prompt (~150 tokens, half Whisper's limit)
 
@@ -46,7 +61,6 @@ class Request:
     cause: Cause | None = None
     answers_flush: bool = False
     processing_s: float = 0.0  # audio decoding + VAD time spent on this window's audio
-    speculative: bool = False  # decoded from the first silent frame, before the endpoint confirmed it
     window: tuple[int, int] = (0, 0)  # stream samples (speculative decodes: what a final must match)
     silence_start: int | None = None  # speculative: the silence run it was started for
     result: TranscribeResult | None = None
@@ -60,6 +74,10 @@ class Request:
     @property
     def number(self) -> int:
         return self.transcribe.number
+
+    @property
+    def speculative(self) -> bool:
+        return self.transcribe.kind == "speculative"
 
 
 class Conditioning:
@@ -83,11 +101,27 @@ class Conditioning:
             options = replace(options, prompt=(options.prompt + " " + self.previous_text).strip())
         return options, known
 
+    def utterance_goes_on(self, result: TranscribeResult) -> None:
+        """A piece of the open utterance was decoded: its later pieces keep its language."""
+        self.utterance_language = self.utterance_language or (result.language, result.language_prob)
+
     def final_sent(self, text: str, language: str, condition: bool) -> None:
         if text:
             self.last_language = language
         if condition:
             self.previous_text = (self.previous_text + " " + text).strip()[-PREVIOUS_TEXT_CHARS:]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What an engine answer means for the stream: a partial to send, finals to send in order, a request to
+    submit again (a confirmed decode the scheduler shed before the promotion reached it), or nothing."""
+
+    partial: Request | None = None
+    final: Request | None = None  # the final answered (it may wait for earlier ones)
+    finals: tuple[Request, ...] = ()
+    again: Transcribe | None = None
+    failed_partial: str | None = None
 
 
 class InFlight:
@@ -97,19 +131,43 @@ class InFlight:
         self.partial: int | None = None  # the partial in flight (at most one)
         self.spec: Request | None = None  # the open segment's speculative decode
         self.delivery: InOrder[Request, Request] = InOrder()
+        self.cond = Conditioning()
+        self.covered_s = 0.0  # end of the audio the latest sent transcript covers (lag is measured from it)
 
-    def next_id(self) -> int:
+    def options_for(
+        self, kind: RequestKind, settings: Settings
+    ) -> tuple[DecodeOptions, tuple[str, float | None] | None]:
+        """The options a request made now gets, and the language it reuses (if any)."""
+        w = settings.config.whisper_params
+        base = settings.partial_options if kind == "partial" else settings.options
+        return self.cond.options_for(
+            base, w.enable_chunk_level_language_detection, w.condition_on_previous_finals
+        )
+
+    def request(
+        self, kind: RequestKind, window: tuple[int, int], audio: np.ndarray, settings: Settings, *,
+        number: int, utterance: int, urgent: bool = False, continues: bool = False, cause: Cause | None = None,
+        end_of_audio: bool = False, processing_s: float = 0.0, silence_start: int | None = None,
+    ) -> Transcribe:  # fmt: skip
+        """A new request of `window` (stream samples at 16 kHz): its action, and its row in the table."""
         rid, self._next_id = self._next_id, self._next_id + 1
-        return rid
-
-    def add(self, request: Request) -> None:
-        self.table[request.id] = request
-        if request.transcribe.kind == "final":
-            self.delivery.expect(request.id)
-        elif request.kind == "partial":
-            self.partial = request.id
+        options, known = self.options_for(kind, settings)
+        start_s, end_s = window[0] / SAMPLE_RATE, window[1] / SAMPLE_RATE
+        t = Transcribe(
+            rid, kind, TranscribeRequest(audio, options), number, start_s, end_s, urgent, continues
+        )
+        state = State.SPECULATIVE if kind == "speculative" else State.QUEUED
+        r = Request(t, "partial" if kind == "partial" else "final", utterance, settings.options, state, known)
+        r.end_of_audio, r.continues, r.cause, r.processing_s = end_of_audio, continues, cause, processing_s
+        r.window, r.silence_start = window, silence_start
+        self.table[rid] = r
+        if kind == "final":
+            self.delivery.expect(rid)
+        elif kind == "partial":
+            self.partial = rid
         else:
-            self.spec = request
+            self.spec = r
+        return t
 
     @property
     def finals_outstanding(self) -> int:
@@ -119,33 +177,117 @@ class InFlight:
         """Start times of finals (speculative ones too) requested and not answered yet."""
         return [r.transcribe.start_s for r in self.table.values() if r.kind == "final"]
 
-    def drop_spec(self) -> Request | None:
-        """Forget the open segment's speculative decode (a late result is ignored)."""
+    def drop_spec(self) -> list[Action]:
+        """Forget the open segment's speculative decode (a late result is ignored; a queued one is cancelled)."""
         spec, self.spec = self.spec, None
-        if spec is not None:
-            self.table.pop(spec.id, None)
+        if spec is None:
+            return []
+        self.table.pop(spec.id, None)
+        return [Cancel(spec.id)] if spec.state is State.SPECULATIVE else []
+
+    def cancel_partial(self) -> list[Action]:
+        """The open segment changed: a queued partial of it is not worth running."""
+        return [Cancel(self.partial)] if self.partial is not None else []
+
+    def take_spec(self, window: tuple[int, int], settings: Settings) -> Request | None:
+        """The speculative decode, if it has exactly this window and the options a final gets now; any other
+        stays (`drop_spec` cancels it)."""
+        spec = self.spec
+        if spec is None or spec.window != window:
+            return None
+        if (spec.transcribe.request.options, spec.known_language) != self.options_for("final", settings):
+            return None
+        self.spec = None
         return spec
 
-    def confirm(self, spec: Request, end_of_audio: bool) -> tuple[list[Request], list[Promote]]:
+    def confirm(
+        self, spec: Request, *, cause: Cause, continues: bool, urgent: bool, end_of_audio: bool, processing_s: float
+    ) -> tuple[list[Request], list[Action]]:  # fmt: skip
         """The speculative decode becomes the final: finals ready to leave (in order), or its promotion."""
-        spec.end_of_audio = end_of_audio
+        spec.cause, spec.continues, spec.end_of_audio, spec.processing_s = (
+            cause,
+            continues,
+            end_of_audio,
+            processing_s,
+        )
+        spec.transcribe = replace(spec.transcribe, urgent=urgent, continues=continues)
+        if continues and spec.result is not None:  # decoded before the cut: the utterance's language
+            self.cond.utterance_goes_on(spec.result)
         self.delivery.expect(spec.id)
         if spec.state is State.DONE:
             return self.delivery.complete(spec.id, spec), []
         spec.state = State.CONFIRMED
         return [], [Promote(spec.id)]
 
-    def last_outstanding(self) -> Request | None:
-        """The latest final not delivered yet (requested, or decoded and held behind an earlier one)."""
+    def answer_flush(self) -> bool:
+        """A flush with nothing of its own: the latest final still on its way answers it (False: none is)."""
         last = self.delivery.last()
-        if last is None:
-            return None
-        return self.table.get(last) or self.delivery.waiting(last)
+        request = None if last is None else self.table.get(last) or self.delivery.waiting(last)
+        if request is not None:
+            request.answers_flush = True
+        return request is not None
 
-    def pop(self, request_id: int) -> Request | None:
-        return self.table.pop(request_id, None)
+    def on_result(
+        self, request_id: int, result: TranscribeResult | None, error: str | None, timing: dict[str, float] | None
+    ) -> Answer:  # fmt: skip
+        """An engine answer, a failure, or a shed or cancelled request (result and error None)."""
+        r = self.table.pop(request_id, None)
+        if r is None:
+            return Answer()
+        r.result, r.error, r.timing = result, error, timing
+        if r.kind == "partial":
+            self.partial = None
+            return Answer(partial=r) if result is not None else Answer(failed_partial=error)
+        if r.state is State.SPECULATIVE:  # not confirmed yet
+            if self.spec is r:
+                if result is not None:
+                    r.state = State.DONE  # its confirmation delivers it
+                else:  # shed or failed: the endpoint asks for the final as usual
+                    self.spec = None
+            return Answer()
+        if r.state is State.CONFIRMED and result is None and error is None:
+            # shed before its promotion reached the scheduler: decoded now, as a final
+            r.state, r.transcribe = State.QUEUED, replace(r.transcribe, kind="final")
+            self.table[r.id] = r
+            return Answer(again=r.transcribe)
+        r.state = State.DONE
+        return Answer(final=r, finals=tuple(self.delivery.complete(r.id, r)))
 
-    def complete(self, request: Request) -> list[Request]:
-        """A final's outcome arrived: every final that can now leave, in order."""
-        request.state = State.DONE
-        return self.delivery.complete(request.id, request)
+    # -- what is sent of the answers -----------------------------------------------------------------------
+
+    def _transcript(self, r: Request, received_s: float, settings: Settings) -> Transcript:
+        t = transcript_of_request(r, received_s, settings.timing)
+        if t.segments or t.language_only:  # what a client is sent covers the window
+            self.covered_s = max(self.covered_s, r.transcribe.end_s)
+        return t
+
+    def partial_result(self, r: Request, received_s: float, settings: Settings) -> list[Action]:
+        """A current partial's transcript: held while finals before it are on their way."""
+        skip = settings.config.streaming_params.skip_partial_if_hallucination
+        if skip and r.result is not None and any(possible_hallucination(s) for s in r.result.segments):
+            return []
+        if self.finals_outstanding:
+            self.delivery.hold(r)
+            return []
+        t = self._transcript(r, received_s, settings)
+        return [t] if t.segments or t.language_only else []
+
+    def deliver(
+        self, finals: list[Request], received_s: float, settings: Settings, current: Callable[[Request], bool]
+    ) -> list[Action]:
+        """Finals leaving in order (empty ones too: protocols report every turn's end), each feeding the
+        conditioning; then the held partial, if still `current`."""
+        actions: list[Action] = []
+        condition = settings.config.whisper_params.condition_on_previous_finals
+        for r in finals:
+            t = r.transcribe
+            if r.result is None:
+                actions.append(Notice("TRANSCRIPTION_ERROR", r.error or "failed", True, t.start_s, t.end_s))
+                continue
+            transcript = self._transcript(r, received_s, settings)
+            self.cond.final_sent(transcript.text, transcript.language, condition)
+            actions.append(transcript)
+        held = self.delivery.release_held()
+        if held is not None and current(held):
+            actions += self.partial_result(held, received_s, settings)
+        return actions

@@ -1,13 +1,16 @@
-"""An engine result -> the neutral `Transcript`: what it keeps of the decode (`hallucination.filter_segments`),
-in stream time, in the utterance's language."""
+"""An engine result -> the neutral `Transcript`: what it keeps of the decode
+(`hallucination.filter_segments`), in stream time, in the utterance's language."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from whisper_stream.core.events import Cause, Segment, Transcript, Word
 from whisper_stream.engines.interface import DecodeOptions, TranscribeResult
 from whisper_stream.hallucination import filter_segments
+
+if TYPE_CHECKING:
+    from whisper_stream.core.inflight import Request
 
 
 def transcript_of(
@@ -65,3 +68,18 @@ def transcript_of(
         options is not None and options.language_detection_only,
         timing,
     )
+
+
+def transcript_of_request(r: Request, received_s: float, timing: bool) -> Transcript:
+    """A decoded request's transcript; `timing`: with the queue, model and audio-processing seconds."""
+    assert r.result is not None
+    times = None
+    if timing and r.timing is not None:
+        times = {**r.timing, "audio_processing_s": round(r.processing_s, 4), "speculative": r.speculative}
+    t = r.transcribe
+    return transcript_of(
+        r.result, kind=r.kind, number=t.number, utterance=r.utterance, start_s=t.start_s, end_s=t.end_s,
+        options=r.options, known_language=r.known_language, lag_s=received_s - t.end_s, cause=r.cause,
+        continues=r.continues, answers_flush=r.answers_flush or r.cause == "finalize",
+        end_of_audio=r.end_of_audio, timing=times,
+    )  # fmt: skip

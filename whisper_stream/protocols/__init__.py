@@ -1,6 +1,7 @@
 """The wire protocols, equal adapters of the neutral core (Baseten's, Deepgram's, OpenAI's): each module only
-translates names and shapes onto the same sessions, scheduler and engines. `handshake` checks a request before the upgrade (so a bad
-parameter is an HTTP error in the protocol's own shape); `open_protocol` builds the adapter for a stream.
+translates names and shapes onto the same sessions, scheduler and engines. `handshake` checks a request
+before the upgrade (so a bad parameter is an HTTP error in the protocol's own shape); `open_protocol` builds
+the adapter for a stream.
 """
 
 from __future__ import annotations

@@ -213,11 +213,7 @@ class BasetenProtocol:
             return [(session, a) for a in session.finalize()]
         if kind == "health_check":
             body = {"healthy": True, "stream_id": session.stream_id, "server_lag_s": round(session.lag_s, 3)}
-            return [
-                self._own(
-                    {"type": "health_check", "trace_id": trace_id, "timestamp": now, "body": body}
-                )
-            ]
+            return [self._own({"type": "health_check", "trace_id": trace_id, "timestamp": now, "body": body})]
         if kind == "update_config":
             try:
                 applied = session.update_config(merge_update(session.config, msg.get("body")))

@@ -364,8 +364,8 @@ class OpenAIRealtimeProtocol:
             item = opened or "item_" + uuid.uuid4().hex[:20]
             return [self._committed(item), self._completed(item, "", 0.0)]
         if isinstance(result, Notice):
-            error = {"type": "server_error", "code": result.kind.lower(), "message": result.message, "param": None, "event_id": None}  # fmt: skip
-            return [self._ev("error", error=error)]
+            error = {"type": "server_error", "code": result.kind.lower(), "message": result.message}
+            return [self._ev("error", error={**error, "param": None, "event_id": None})]
         if isinstance(result, Finished):
             self._finished = True
             if result.going_away:

@@ -14,7 +14,7 @@ part failed or one of its checks did not hold):
    cross-attention KV of 1500 positions, and from these an estimate of real-time streams per GPU (partials
    every 0.5 s; finals only). **PyTorch eager, not TensorRT-LLM**: a floor for what the GPU does, not the
    production engine's numbers.
-3. `engine`: `TensorRTLLMEngine` driven through the faithful runner (`trtllm_cpu_runner.ModelRunnerCpp`) with
+3. `engine`: `TensorRTLLMEngine` driven through the faithful runner (`testing.trtllm_runner.ModelRunnerCpp`) with
    a random-weight large-v3-shaped model on the device and forced token counts: time per batch after one
    untimed warm-up call, checked that every request got text and that mixed options are decoded one group
    per `generation_key`, and GPU memory (`torch.cuda.mem_get_info()` before and after).
@@ -208,7 +208,7 @@ class TorchRandomBackend:
                  beam_width: int, want_logits: bool, **_: Any) -> list[list[Any]]:  # fmt: skip
         import torch
 
-        from whisper_stream.engines.trtllm_cpu_runner import Beam
+        from testing.trtllm_runner import Beam
 
         self.windows += len(prompts)
         with torch.no_grad():
@@ -298,7 +298,7 @@ def grouping_problem(calls: Sequence[dict[str, Any]], options: Sequence[DecodeOp
 def check_engine(device: str, quick: bool, work: Path) -> dict[str, Any]:
     import torch
 
-    from whisper_stream.engines import trtllm_cpu_runner as stand_in
+    from testing import trtllm_runner as stand_in
     from whisper_stream.engines.interface import TranscribeRequest
     from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
 
@@ -342,7 +342,7 @@ def check_engine(device: str, quick: bool, work: Path) -> dict[str, Any]:
 def check_serve(device: str, quick: bool, work: Path) -> dict[str, Any]:
     from client.bench import cli as bench
     from client.kit.local_server import LocalServer
-    from whisper_stream.engines import trtllm_cpu_runner as stand_in
+    from testing import trtllm_runner as stand_in
     from whisper_stream.engines.tensorrt_llm import RUNNER_ENV
 
     batch = 8 if quick else 64

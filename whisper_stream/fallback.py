@@ -1,11 +1,16 @@
-"""Whisper's temperature-fallback rules, shared by every engine that decodes with a temperature ladder."""
+"""Whisper's temperature fallback, shared by every engine that decodes with a temperature ladder: the rules
+(`needs_fallback`, `preferable`) and the ladder itself (`decode_with_fallback`)."""
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from whisper_stream.engines.interface import COMPRESSION_RATIO_THRESHOLD, LOG_PROB_THRESHOLD, Segment
 from whisper_stream.hallucination import is_silence, repeats_long_run
+
+T = TypeVar("T")
 
 
 def compression_ratio(text: str) -> float:
@@ -33,3 +38,29 @@ def preferable(new: Segment, old: Segment) -> bool:
     if new_ok != old_ok:
         return new_ok
     return new.avg_logprob > old.avg_logprob
+
+
+def decode_with_fallback(
+    n: int,
+    temperatures: Sequence[float],
+    decode: Callable[[list[int], float], Sequence[T]],
+    judged: Callable[[T], Segment],
+) -> list[T]:
+    """The ladder over `n` items: each step decodes, at the next temperature, only the items whose result
+    still `needs_fallback` (`decode(indices, temperature)` returns their results in that order); each item
+    keeps its `preferable` result. `judged` gives the segment a result is judged by."""
+    best: list[T | None] = [None] * n
+    pending = list(range(n))
+    ladder = tuple(temperatures) or (0.0,)
+    for step, temperature in enumerate(ladder):
+        still = []
+        for i, result in zip(pending, decode(pending, temperature), strict=True):
+            seg, prev = judged(result), best[i]
+            if prev is None or preferable(seg, judged(prev)):
+                best[i] = result
+            if needs_fallback(seg) and step + 1 < len(ladder):
+                still.append(i)
+        if not still:
+            break
+        pending = still
+    return best  # type: ignore[return-value]

@@ -129,10 +129,6 @@ class SpecialTokens:
             raise ValueError(f"language {code!r} is not one of this model's {self.num_languages}") from None
         return self.sot + 1 + index
 
-    def language_of(self, token: int) -> str | None:
-        index = token - self.sot - 1
-        return self.languages[index] if 0 <= index < self.num_languages else None
-
     def is_timestamp(self, token: int) -> bool:
         return self.timestamp_begin <= token < self.vocab_size
 

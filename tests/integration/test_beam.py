@@ -128,7 +128,7 @@ def test_the_tensorrt_llm_engine_s_beam_path_gets_the_same_guard(tmp_path, speec
     the shorter context: the engine's own parsing and fallback ladder must then re-decode (sampling, which
     the doubling leaves alone) or flag the result."""
     from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
-    from whisper_stream.engines.trtllm_cpu_runner import Beam, make_engine_dir
+    from testing.trtllm_runner import Beam, make_engine_dir
 
     engine = TensorRTLLMEngine(make_engine_dir(tmp_path), runner="faithful")
     backend = engine._runner.backend

@@ -1,6 +1,6 @@
 """TensorRTLLMEngine end to end on real speech, through the CPU stand-in faithful to ModelRunnerCpp 1.1.0.
 
-The stand-in (`whisper_stream.engines.trtllm_cpu_runner`) runs the default CTranslate2 Whisper model behind
+The stand-in (`testing.trtllm_runner`) runs the default CTranslate2 Whisper model behind
 ModelRunnerCpp's `from_dir` / `generate()` / output layout, so the engine's whole production path (batched
 torch log-mel, first-step call, prompts, decode, log-prob parsing, fallback, segments) runs here. Its
 transcripts must equal the CPU engine's on the same audio (both on 30 s windows: the CPU engine without its
@@ -30,7 +30,7 @@ def audio() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory):
     from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
-    from whisper_stream.engines.trtllm_cpu_runner import make_engine_dir
+    from testing.trtllm_runner import make_engine_dir
 
     return TensorRTLLMEngine(make_engine_dir(tmp_path_factory.mktemp("engine")), runner="faithful")
 
@@ -138,7 +138,7 @@ def test_each_request_gets_its_own_length_cap_beside_a_longer_prompt(audio, tmp_
     """The runner takes one max_new_tokens per call: a request whose prompt leaves it more of a small build's
     decoder length than its neighbour's does is decoded in its own call, not cut to the neighbour's cap."""
     from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
-    from whisper_stream.engines.trtllm_cpu_runner import make_engine_dir
+    from testing.trtllm_runner import make_engine_dir
 
     small = TensorRTLLMEngine(make_engine_dir(tmp_path, max_seq_len=114, max_input_len=14), runner="faithful")
     clip = audio["ls_61-70968-0000"]

@@ -35,7 +35,7 @@ CLIP = "ls_1221-135766-0002"
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    from whisper_stream.engines.trtllm_cpu_runner import make_engine_dir
+    from testing.trtllm_runner import make_engine_dir
 
     work = tmp_path_factory.mktemp("triton_trtllm")
     engine_dir = make_engine_dir(work / "engine", max_batch_size=4)

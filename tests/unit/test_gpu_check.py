@@ -16,7 +16,7 @@ from whisper_stream.engines.interface import RequestError, Segment, TranscribeRe
 torch = pytest.importorskip("torch", reason="the TensorRT-LLM engine's code path needs torch")
 
 from tests.unit.test_tensorrt_llm_runner import ScriptedBackend, engine_dir  # noqa: E402, F401
-from whisper_stream.engines import trtllm_cpu_runner as stand_in  # noqa: E402
+from testing import trtllm_runner as stand_in  # noqa: E402
 from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine  # noqa: E402
 
 

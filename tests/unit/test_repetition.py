@@ -43,3 +43,23 @@ def test_a_result_without_the_repeat_wins_even_with_a_lower_log_prob():
 def test_a_long_repeat_that_survives_fallback_is_flagged():
     assert possible_hallucination(seg(TWICE))
     assert not possible_hallucination(seg(SENTENCE))
+
+
+def test_the_ladder_re_decodes_only_failures_and_keeps_each_items_preferable_result():
+    from whisper_stream.fallback import decode_with_fallback
+
+    good = Segment(0.0, 1.0, "a clear sentence", avg_logprob=-0.2)
+    bad = Segment(0.0, 1.0, "mumble", avg_logprob=-2.0)  # under Whisper's log-prob threshold
+    worse = Segment(0.0, 1.0, "mumble mumble", avg_logprob=-3.0)
+    calls: list[tuple[list[int], float]] = []
+    script = {(0, 0.0): good, (1, 0.0): bad, (1, 0.2): worse, (1, 0.4): bad}
+
+    def decode(pending: list[int], temperature: float) -> list[Segment]:
+        calls.append((pending, temperature))
+        return [script[(i, temperature)] for i in pending]
+
+    best = decode_with_fallback(2, (0.0, 0.2, 0.4), decode, lambda s: s)
+    assert calls == [([0, 1], 0.0), ([1], 0.2), ([1], 0.4)]  # item 0 passed at once: never decoded again
+    assert best == [good, bad]  # every step failed for item 1: its best log-prob wins
+    calls.clear()
+    assert decode_with_fallback(2, (), decode, lambda s: s) == [good, bad] and calls == [([0, 1], 0.0)]

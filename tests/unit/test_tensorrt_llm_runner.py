@@ -1,6 +1,6 @@
 """TensorRTLLMEngine's parsing of ModelRunnerCpp's outputs, through the faithful stand-in, scripted model.
 
-The stand-in (`whisper_stream.engines.trtllm_cpu_runner`) reproduces ModelRunnerCpp 1.1.0's output layout;
+The stand-in (`testing.trtllm_runner`) reproduces ModelRunnerCpp 1.1.0's output layout;
 here its backend is a scripted model (fixed tokens and log-probs, known first-step logits), so each defect of
 issue #15 that a CPU can show has a fast test that fails if it comes back. The real model runs in
 tests/integration/test_tensorrt_llm_cpu.py.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the TensorRT-LLM engine's code path needs torch")
 
-from whisper_stream.engines import trtllm_cpu_runner as stand_in  # noqa: E402
+from testing import trtllm_runner as stand_in  # noqa: E402
 from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest  # noqa: E402
 from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine, _shutdown  # noqa: E402
 from whisper_stream.triton_whisper_model import create_engine, option_errors  # noqa: E402
@@ -282,3 +283,13 @@ def test_a_backend_named_by_import_path_loads_in_any_process():
     assert stand_in.backend_class(f"{__name__}:ScriptedBackend") is ScriptedBackend
     with pytest.raises(ValueError, match="unknown stand-in backend"):
         stand_in.backend_class("no-such-backend")
+
+
+def test_the_cpu_stand_in_is_not_selectable_where_the_testing_package_is_absent(monkeypatch) -> None:
+    """The stand-in lives in the repository's testing/ package, which no installed server carries."""
+    from whisper_stream.engines.tensorrt_llm import runner_class
+
+    assert runner_class("faithful") is stand_in.ModelRunnerCpp  # a repository checkout: tests, gpu-check
+    monkeypatch.setitem(sys.modules, "testing.trtllm_runner", None)  # as if not installed
+    with pytest.raises(ValueError, match="testing/ package"):
+        runner_class("faithful")

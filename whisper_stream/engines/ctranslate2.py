@@ -31,7 +31,7 @@ from whisper_stream.engines.interface import (
     Word,
     generation_key,
 )
-from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
+from whisper_stream.fallback import compression_ratio, decode_with_fallback
 from whisper_stream.language import choose_language
 from whisper_stream.mel import content_frames
 from whisper_stream.model_source import resolve_model
@@ -273,57 +273,44 @@ class CTranslate2Engine:
     def _generate_with_fallback(
         self, encoded: Any, prompts: list[list[int]], o: DecodeOptions
     ) -> list[tuple[Segment, list[int]]]:
-        best: list[tuple[Segment, list[int]] | None] = [None] * len(prompts)
-        pending = list(range(len(prompts)))
-        ladder = o.temperatures or (0.0,)
-        for step, temperature in enumerate(ladder):
-            if step == 0:
-                view = encoded
-            else:
-                view = self._subset(encoded, pending)
+        def decode(pending: list[int], temperature: float) -> list[tuple[Segment, list[int]]]:
+            view = encoded if len(pending) == len(prompts) else self._subset(encoded, pending)
             kwargs: dict[str, Any] = (
                 {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
                 if temperature > 0
                 else {"beam_size": o.beam_width}
             )
-            max_length = max(self._max_length(prompts[i], o.max_new_tokens) for i in pending)
             results = self._model.generate(
                 view,
                 [prompts[i] for i in pending],
                 length_penalty=o.length_penalty,
                 repetition_penalty=o.repetition_penalty,
                 no_repeat_ngram_size=o.no_repeat_ngram_size,
-                max_length=max_length,
+                max_length=max(self._max_length(prompts[i], o.max_new_tokens) for i in pending),
                 return_scores=True,
                 return_no_speech_prob=True,
                 suppress_tokens=self._suppress,
                 **kwargs,
             )
-            still = []
+            out = []
             for i, res in zip(pending, results, strict=True):
                 cap = self._forced(prompts[i]) + o.max_new_tokens  # its own cap in a mixed call
                 tokens = [t for t in res.sequences_ids[0][:cap] if t < self._tok.eot]
                 n = len(res.sequences_ids[0])
-                avg = res.scores[0] * (n**o.length_penalty) / (n + 1)
                 text = self._tok.decode(tokens)
                 seg = Segment(
                     start=0.0,
                     end=0.0,
                     text=text,
-                    avg_logprob=float(avg),
+                    avg_logprob=float(res.scores[0] * (n**o.length_penalty) / (n + 1)),
                     no_speech_prob=float(res.no_speech_prob),
                     compression_ratio=compression_ratio(text.strip()),
                     temperature=temperature,
                 )
-                prev = best[i]
-                if prev is None or preferable(seg, prev[0]):
-                    best[i] = (seg, tokens)
-                if needs_fallback(seg) and step + 1 < len(ladder):
-                    still.append(i)
-            if not still:
-                break
-            pending = still
-        return best  # type: ignore[return-value]
+                out.append((seg, tokens))
+            return out
+
+        return decode_with_fallback(len(prompts), o.temperatures, decode, lambda result: result[0])
 
     def _max_length(self, prompt: list[int], max_new_tokens: int) -> int:
         """CTranslate2's `max_length` for `max_new_tokens` after the prompt's prefix (forced text tokens)."""

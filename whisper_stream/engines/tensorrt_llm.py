@@ -4,7 +4,7 @@
 the encoder engine on our log-mel features and the decoder engine on our prompt ids, a whole batch at once.
 TensorRT-LLM is imported in `__init__` only, so this module imports (and the package tests) anywhere. The
 runner class comes through one seam, `runner_class()`: TensorRT-LLM's own, or with
-WHISPER_STREAM_TRTLLM_RUNNER=faithful the CPU stand-in of `trtllm_cpu_runner` (same `from_dir`, `generate()`
+WHISPER_STREAM_TRTLLM_RUNNER=faithful the CPU stand-in of `testing.trtllm_runner` (same `from_dir`, `generate()`
 and output layout, backed by the default CTranslate2 model) on which CI runs this engine end to end.
 
 - Features: one batched `torch.stft` on the runner's device (`whisper_stream.mel.batch_window_features_torch`,
@@ -59,7 +59,7 @@ from whisper_stream.engines.interface import (
     TranscribeResult,
     generation_key,
 )
-from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
+from whisper_stream.fallback import compression_ratio, decode_with_fallback
 from whisper_stream.language import choose_language
 from whisper_stream.mel import N_FRAMES, batch_window_features_torch
 from whisper_stream.whisper_tokens import (
@@ -83,8 +83,13 @@ def runner_class(name: str | None = None) -> Any:
 
         return ModelRunnerCpp
     if name == "faithful":
-        from whisper_stream.engines.trtllm_cpu_runner import ModelRunnerCpp
-
+        try:
+            from testing.trtllm_runner import ModelRunnerCpp
+        except ImportError:
+            raise ValueError(
+                f"{RUNNER_ENV}=faithful: the CPU stand-in is in the repository's testing/ package, for tests "
+                "and gpu-check only; it is not installed with the server"
+            ) from None
         return ModelRunnerCpp
     raise ValueError(f"{RUNNER_ENV}={name!r}: use tensorrt_llm or faithful")
 
@@ -296,10 +301,8 @@ class TensorRTLLMEngine:
         prompts = [
             self._prompt(r.options, lang, timestamps) for r, (lang, _, _) in zip(requests, first, strict=True)
         ]
-        best: list[list[Segment] | None] = [None] * len(requests)
-        pending = list(range(len(requests)))
-        ladder = o.temperatures or (0.0,)
-        for step, temperature in enumerate(ladder):
+
+        def decode(pending: list[int], temperature: float) -> list[list[Segment]]:
             sampling: dict[str, Any] = (
                 {"num_beams": 1, "temperature": temperature, "top_k": 0, "top_p": 1.0}
                 if temperature > 0
@@ -308,7 +311,7 @@ class TensorRTLLMEngine:
             # each request's own cap (a long prompt leaves less of the decoder's length): the runner takes one
             # per call, so requests whose caps differ decode in separate calls, never cut to a neighbour's
             caps = {i: max(1, min(o.max_new_tokens, self.max_seq_len - len(prompts[i]))) for i in pending}
-            still = []
+            got: dict[int, list[Segment]] = {}
             for cap in sorted(set(caps.values()), reverse=True):
                 part = [i for i in pending if caps[i] == cap]
                 out = self._generate(
@@ -330,16 +333,10 @@ class TensorRTLLMEngine:
                     n = next((j for j, t in enumerate(generated) if t == self.special.eot), len(generated))
                     text = _with_prefix(generated[:n], prompts[i], self.special)
                     logprob = average_logprob(lps[k], n)
-                    segs = self._segments(text, requests[i], logprob, first[i][2], temperature)
-                    prev = best[i]
-                    joined = _joined(segs, temperature)
-                    if prev is None or preferable(joined, _joined(prev, temperature)):
-                        best[i] = segs
-                    if needs_fallback(joined) and step + 1 < len(ladder):
-                        still.append(i)
-            if not still:
-                break
-            pending = sorted(still)
+                    got[i] = self._segments(text, requests[i], logprob, first[i][2], temperature)
+            return [got[i] for i in pending]
+
+        best = decode_with_fallback(len(requests), o.temperatures, decode, _joined)
         return [tuple(s or ()) for s in best]
 
     def _segments(
@@ -406,7 +403,7 @@ def _with_prefix(generated: list[int], prompt: list[int], special: SpecialTokens
     return prefix + generated
 
 
-def _joined(segs: list[Segment], temperature: float) -> Segment:
+def _joined(segs: list[Segment]) -> Segment:
     """One segment standing for a window's decode, for the fallback checks (they look at the whole text)."""
     text = "".join(s.text for s in segs)
     return Segment(
@@ -416,5 +413,5 @@ def _joined(segs: list[Segment], temperature: float) -> Segment:
         avg_logprob=segs[0].avg_logprob if segs else 0.0,
         no_speech_prob=segs[0].no_speech_prob if segs else 0.0,
         compression_ratio=compression_ratio(text.strip()),
-        temperature=temperature,
+        temperature=segs[0].temperature if segs else 0.0,
     )

@@ -138,3 +138,48 @@ async def test_the_idle_clock_stops_while_a_flushed_final_is_decoded(speech):
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
             assert ws.close_code == 1008 and "no audio or control message" in error["body"]["message"]
+
+
+async def test_a_drain_keeps_every_sample_received_and_says_nothing_per_frame(speech):
+    """SIGTERM while a client is held back by the finals cap: the audio already received (applied, queued
+    in the inbox or in the front end) all goes into the last final; then 1001, and no error per frame."""
+    utterance = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + bytes(32000)
+    async with served(2.0, drain_timeout_s=30) as (url, runtime):
+        ws = await websockets.connect(url, max_size=None)
+        await ws.send(json.dumps(plain_finals()))
+        received: list[dict] = []
+
+        async def send() -> None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                data = utterance * 8
+                for i in range(0, len(data), 1024):
+                    await ws.send(data[i : i + 1024])
+
+        async def read() -> None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for raw in ws:
+                    received.append(json.loads(raw))
+
+        sender, reader = asyncio.create_task(send()), asyncio.create_task(read())
+        for _ in range(200):  # until the finals cap holds a few seconds of audio back in the inbox
+            stream = next(iter(runtime.streams), None)
+            if stream is not None and stream._finals_in_flight() >= 4 and len(stream._inbox) > 100:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the client was never held back by the finals cap")
+        (session,) = stream.protocol.sessions
+        queued = sum(len(m) for m in stream._inbox if isinstance(m, bytes)) + stream._frontend_bytes
+        expected_s = session.received_s + queued / 32000
+        assert queued / 32000 > 3.0  # more than the last pause: a drain that dropped it would show
+        await runtime.drain()
+        await asyncio.wait_for(reader, 10)
+        sender.cancel()
+    finals = [m for m in received if m.get("type") == "transcription" and m["is_final"]]
+    last = finals[-1]
+    last_end = last["segments"][0]["start_time"] + last["audio_length_sec"]
+    assert session.received_s == pytest.approx(expected_s, abs=0.033)  # nothing received was dropped
+    # the last final ends where the speech received ends: at most a pause (1 s) and the endpoint before it
+    assert expected_s - 1.4 <= last_end <= expected_s + 0.05
+    assert [m for m in received if m.get("type") == "error"] == []
+    assert ws.close_code == 1001

@@ -14,7 +14,9 @@ final) = arrival of the final covering an utterance - the moment its last sample
 run side by side (`--modes`):
 - server: the server's own endpointing decides (Baseten's default);
 - flush: a client-side Silero VAD (the server's model, `--flush-stop-ms` 200 ms of silence ends speech, as
-  pipecat's SileroVADAnalyzer with stop_secs 0.2) sends `{"type": "finalize"}` when it fires, as pipecat does.
+  pipecat's SileroVADAnalyzer with stop_secs 0.2) flushes when it fires, as pipecat does: Baseten's
+  `{"type": "finalize"}`, Deepgram's `Finalize`, OpenAI's `input_audio_buffer.commit`.
+`--protocol baseten,deepgram,openai` runs the same streams over each protocol, side by side.
 For each repetition (`--repeats`), concurrency N, mode and server (`--url`, repeatable, compared in one run:
 the first is the baseline of the ratio table), N such streams run at once (stream i starts
 `i * --stagger-s` later). Measured per utterance (definitions in client/bench/metrics.py): TTFS, time to first
@@ -155,10 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="pace: 1 = real time (default)")
     p.add_argument(
         "--protocol",
-        choices=wire.PROTOCOLS,
-        default="baseten",
-        help="wire protocol: baseten (default), deepgram (/v1/listen) or openai (/v1/realtime "
-        "?intent=transcription); the same figures for each, so a hosted Deepgram or OpenAI endpoint compares",
+        type=_str_list,
+        default=["baseten"],
+        help="wire protocol(s), comma-separated: baseten (default), deepgram (/v1/listen), openai "
+        "(/v1/realtime?intent=transcription); several run side by side against each server (the first is "
+        "the ratio table's baseline); a hosted Deepgram or OpenAI endpoint compares the same way",
     )
     p.add_argument(
         "--stagger-s",
@@ -205,6 +208,18 @@ def _str_list(text: str) -> list[str]:
 
 
 def make_targets(args: argparse.Namespace, local: LocalServer | None) -> list[Target]:
+    """One target per server and protocol: each server's protocols side by side."""
+    targets = _server_targets(args, local)
+    if args.protocol == ["baseten"]:
+        return targets
+    return [
+        Target(f"{t.label} {p}" if len(targets) > 1 else p, t.url, t.api_key, t.model, t.local, p)
+        for t in targets
+        for p in args.protocol
+    ]
+
+
+def _server_targets(args: argparse.Namespace, local: LocalServer | None) -> list[Target]:
     urls = args.url or ([local.url] if local else [])
     if args.label and len(args.label) != len(urls):
         raise SystemExit("give one --label per --url")
@@ -228,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in args.modes if m not in MODES]
     if bad or not args.modes or args.repeats < 1:
         raise SystemExit(f"--modes takes {', '.join(MODES)}; --repeats >= 1")
-    if args.protocol != "baseten" and "flush" in args.modes:
-        raise SystemExit(f"--modes flush sends Baseten's finalize: use --modes server with {args.protocol}")
+    unknown = [p for p in args.protocol if p not in wire.PROTOCOLS]
+    if unknown or not args.protocol:
+        raise SystemExit(f"--protocol takes {', '.join(wire.PROTOCOLS)} (comma-separated), not {unknown}")
     if args.offline_wer is None:
         args.offline_wer = not args.url
     args.out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ class Target:
     api_key: str | None = None
     model: str = "unknown"
     local: bool = False  # started by the benchmark on this machine (so `machine` describes it too)
+    protocol: str = "baseten"  # the wire protocol spoken to it (`wire.PROTOCOLS`)
 
 
 # -- one run: N streams against one server -------------------------------------------------------------------
@@ -126,9 +127,8 @@ async def stream_one(
     progress: Progress,
     after_frame: dict[int, str] | None,
 ) -> StreamResult:
-    """One stream over the chosen wire protocol (`finalize` after the frames of `after_frame`: Baseten's)."""
-    protocol = getattr(args, "protocol", "baseten")
-    if protocol == "baseten":
+    """One stream over the target's wire protocol; the protocol's flush after the frames of `after_frame`."""
+    if target.protocol == "baseten":
         return await stream_pcm(
             target.url,
             meta,
@@ -139,7 +139,7 @@ async def stream_one(
             on_progress=progress.tracker(),
             after_frame=after_frame,
         )
-    stream = wire.stream_deepgram if protocol == "deepgram" else wire.stream_openai  # server mode only
+    stream = wire.stream_deepgram if target.protocol == "deepgram" else wire.stream_openai
     return await stream(
         target.url,
         to_pcm16(js.audio),
@@ -149,6 +149,8 @@ async def stream_one(
         api_key=target.api_key,
         timeout_s=args.drain_timeout_s,
         on_progress=progress.tracker(),
+        flush_after=set(after_frame or ()),
+        vad=wire.Vad(args.vad_threshold, args.min_silence_ms, args.speech_pad_ms),
     )
 
 

@@ -1,5 +1,6 @@
 """The benchmark's clients for the other protocols this server speaks (and hosted Deepgram / OpenAI speak):
-each streams PCM the way `protocol.stream_pcm` does and turns the replies into Baseten-shaped messages
+each streams PCM the way `protocol.stream_pcm` does (32 ms frames, the protocol's flush right after the
+frames in `flush_after`, with the same VAD settings) and turns the replies into Baseten-shaped messages
 (`transcription` with `is_final`, `transcription_num`, `segments[start_time, end_time, text]`, then
 `end_audio finished`), so `client.bench.metrics` computes the same latency and WER figures for every
 protocol."""
@@ -10,6 +11,7 @@ import asyncio
 import base64
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -19,6 +21,16 @@ import websockets
 from client.protocol import Received, StreamResult
 
 PROTOCOLS = ("baseten", "deepgram", "openai")
+FRAME_S = 0.032  # what every client here sends per message: 512 samples at 16 kHz
+
+
+@dataclass(frozen=True)
+class Vad:
+    """The Baseten metadata's VAD settings, given to the other protocols in their own terms."""
+
+    threshold: float = 0.5
+    min_silence_ms: int = 300
+    speech_pad_ms: int = 30
 
 
 def base_url(url: str) -> str:
@@ -46,14 +58,19 @@ async def _paced(
     result: StreamResult,
     t0: float,
     on_progress: Any,
+    flush: str | None = None,
+    flush_after: set[int] | frozenset[int] = frozenset(),
 ) -> None:
-    for chunk, upto in zip(chunks, seconds, strict=True):
+    for k, (chunk, upto) in enumerate(zip(chunks, seconds, strict=True)):
         if speed > 0:  # as a live source: a chunk leaves once its last sample has been captured
             delay = t0 + upto / speed - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
         await ws.send(chunk)
         result.audio_sent_s.append((time.monotonic() - t0, upto))
+        if flush is not None and k in flush_after:
+            await ws.send(flush)
+            result.controls_sent.append((time.monotonic() - t0, upto))
         if on_progress:
             on_progress(upto)
 
@@ -69,6 +86,8 @@ async def stream_deepgram(
     timeout_s: float = 300.0,
     on_progress: Any = None,
     model: str = "nova-3",
+    flush_after: set[int] | frozenset[int] = frozenset(),
+    vad: Vad = Vad(),
 ) -> StreamResult:
     query = {
         "encoding": "linear16",
@@ -77,6 +96,7 @@ async def stream_deepgram(
         "model": model,
         "punctuate": "true",
         "interim_results": str(partials).lower(),
+        "endpointing": vad.min_silence_ms,
     }
     target = f"{base_url(url)}/v1/listen?{urlencode(query)}"
     headers = {"Authorization": f"Token {api_key}"} if api_key else {}
@@ -105,7 +125,8 @@ async def stream_deepgram(
                     return
 
         reader = asyncio.create_task(receive())
-        await _paced(ws, chunks, seconds, speed, result, t0, on_progress)
+        finalize = json.dumps({"type": "Finalize"})
+        await _paced(ws, chunks, seconds, speed, result, t0, on_progress, finalize, flush_after)
         await ws.send(json.dumps({"type": "CloseStream"}))
         await asyncio.wait_for(reader, timeout_s)
     return result
@@ -122,6 +143,8 @@ async def stream_openai(
     timeout_s: float = 300.0,
     on_progress: Any = None,
     model: str = "gpt-4o-transcribe",
+    flush_after: set[int] | frozenset[int] = frozenset(),
+    vad: Vad = Vad(),
 ) -> StreamResult:
     import soxr
 
@@ -129,7 +152,7 @@ async def stream_openai(
     pcm24 = (np.clip(soxr.resample(audio, 16000, 24000), -1, 1) * 32767).astype("<i2").tobytes()
     target = f"{base_url(url)}/v1/realtime?intent=transcription"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    step = 4800  # 100 ms of 24 kHz pcm16
+    step = round(FRAME_S * 24000) * 2  # 32 ms of 24 kHz pcm16, as the other protocols' frames
     chunks = [
         json.dumps(
             {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm24[i : i + step]).decode()}
@@ -147,6 +170,12 @@ async def stream_openai(
             "input": {
                 "format": {"type": "audio/pcm", "rate": 24000},
                 "transcription": {"model": model, "language": None if language == "auto" else language},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": vad.threshold,
+                    "prefix_padding_ms": vad.speech_pad_ms,
+                    "silence_duration_ms": vad.min_silence_ms,
+                },
             }
         },
     }
@@ -191,8 +220,9 @@ async def stream_openai(
                     return
 
         reader = asyncio.create_task(receive())
-        await _paced(ws, chunks, seconds, speed, result, t0, on_progress)
-        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        commit = json.dumps({"type": "input_audio_buffer.commit"})
+        await _paced(ws, chunks, seconds, speed, result, t0, on_progress, commit, flush_after)
+        await ws.send(commit)
         sent_all.set()
         await asyncio.wait_for(reader, timeout_s)
     return result

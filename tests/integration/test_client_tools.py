@@ -331,6 +331,23 @@ def test_benchmark_against_the_real_server(server, speech, tmp_path, capsys):
             assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
 
 
+def test_benchmark_runs_every_protocol_side_by_side_each_with_its_own_flush(server, speech, tmp_path):
+    """`--protocol baseten,deepgram,openai`: the same streams over each protocol against one server, in
+    flush mode with each protocol's own flush (finalize, Finalize, input_audio_buffer.commit)."""
+    out = tmp_path / "bench"
+    argv = ["--url", server.url, "--protocol", "baseten,deepgram,openai", "--modes", "flush"]
+    argv += ["--concurrency", "1", "--repeats", "1", "--ids", "lj_LJ002-0020,lj_LJ002-0035"]
+    argv += ["--utterances-per-stream", "2", "--pause-s", "2.5", "--no-partials", "--rest-s", "0"]
+    assert bench.main([*argv, "--no-offline-wer", "--no-plots", "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert [t["label"] for t in report["targets"]] == ["baseten", "deepgram", "openai"]
+    for run in report["runs"]:
+        (stream,) = run["streams"]
+        assert stream["finished"] and stream["flushes_sent"] >= 2, run["label"]  # one per utterance at least
+        assert run["summary"]["matched"] == 2 and run["summary"]["wer"] < 0.35, run["label"]
+    assert {c["server"] for c in report["comparison"]} == {"deepgram", "openai"}
+
+
 def test_audio_front_end_benchmark_measures_every_encoding(tmp_path, capsys):
     """`make bench-audio` runs from a fresh clone (it once imported a name the data toolkit no longer had)."""
     out = tmp_path / "audio.json"

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import websockets
@@ -31,13 +32,18 @@ from whisper_stream.vad import FRAME
 WAIT_S = 30.0  # how long a test waits for a state before it fails: a guard against hangs, not a speed bound
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait until `condition()` holds (checked every 10 ms); fail, saying `what`, after WAIT_S."""
+async def until(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+    """Wait until `condition()` holds (checked every 10 ms; it may be a coroutine); fail, saying `what`,
+    after WAIT_S."""
     deadline = time.monotonic() + WAIT_S
-    while not condition():
+    while not await _value(condition()):
         if time.monotonic() > deadline:
             pytest.fail(f"not within {WAIT_S:g} s: {what}")
         await asyncio.sleep(0.01)
+
+
+async def _value(result: bool | Awaitable[bool]) -> bool:
+    return await result if inspect.isawaitable(result) else result
 
 
 class SlowEngine(NullEngine):

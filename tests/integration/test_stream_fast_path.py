@@ -82,12 +82,14 @@ async def gather_while_held(front: HeldFrontEnd, runtime, sessions: int, sent: i
     def every() -> list[Session]:
         return [x for stream in runtime.streams for x in stream.protocol.sessions]
 
-    await until(
-        lambda: len(every()) == sessions and all(front.bytes[x] == sent for x in every()),
-        f"{sessions} sessions handing {sent} bytes each to the front end while its batch is held",
-    )
-    tickets = [front.tickets[x] for x in every()]
-    front.release()
+    try:
+        await until(
+            lambda: len(every()) == sessions and all(front.bytes[x] == sent for x in every()),
+            f"{sessions} sessions handing {sent} bytes each to the front end while its batch is held",
+        )
+        tickets = [front.tickets[x] for x in every()]
+    finally:
+        front.release()  # also on failure: the held worker thread goes on
     await until(lambda: all(x.received_s >= sent_s - TAIL_S for x in every()), "all audio applied")
     assert max(tickets) <= 2, tickets
 

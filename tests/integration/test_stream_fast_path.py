@@ -109,17 +109,21 @@ def handled(monkeypatch) -> list[str | bytes]:
 
 
 async def test_paced_audio_skips_the_loop_and_its_final_still_comes(speech, handled):
+    """Paced by the server's own progress: each 32 ms frame is sent once the one before has been applied, so
+    nothing is ever queued before it, and none may go through the loop's message handling."""
     pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + bytes(32000)
-    frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
-    async with served() as (url, _), websockets.connect(url) as ws:
+    frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]  # whole
+    async with served() as (url, runtime), websockets.connect(url) as ws:
         await ws.send(json.dumps(metadata()))
-        for frame in frames:
+        await until(lambda: [len(s.protocol.sessions) for s in runtime.streams] == [1], "the session")
+        (session,) = next(iter(runtime.streams)).protocol.sessions
+        for n, frame in enumerate(frames, 1):
             await ws.send(frame)
-            await asyncio.sleep(0.008)  # 4x real time
-        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await until(lambda n=n: session.received_s >= n * FRAME / SAMPLE_RATE, f"frame {n} applied")
+        reply = json.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
     assert reply["type"] == "transcription" and reply["is_final"] and reply["segments"][0]["text"], reply
     binary = [m for m in handled if isinstance(m, bytes)]
-    assert len(binary) < len(frames) // 10, (len(binary), len(frames))
+    assert binary == [], (len(binary), len(frames))
 
 
 async def test_a_control_message_sees_all_audio_sent_before_it(speech, handled, monkeypatch):

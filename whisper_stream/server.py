@@ -76,7 +76,8 @@ def build_runtime(settings: ServerSettings, engine: Engine | None = None) -> Run
 def request_router(
     runtime: Runtime, api_key: str | None, protect_metrics: bool = False
 ) -> Callable[..., Awaitable[Response | None]]:
-    page = web_page.WebPage(api_key_required=bool(api_key))
+    engine = runtime.scheduler.engine
+    page = web_page.WebPage(api_key_required=bool(api_key), model=engine.model_name, engine=engine.name)
 
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]

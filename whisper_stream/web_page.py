@@ -38,9 +38,14 @@ def _load() -> dict[str, tuple[bytes, str]]:
 class WebPage:
     """The static files, read once."""
 
-    def __init__(self, api_key_required: bool) -> None:
+    def __init__(self, api_key_required: bool, model: str, engine: str) -> None:
         self.files = _load()
-        config = {"api_key_required": api_key_required, "websocket_path": "/v1/websocket"}
+        config = {
+            "api_key_required": api_key_required,
+            "websocket_path": "/v1/websocket",
+            "model": model,  # named on the page: which Whisper is transcribing, and on what
+            "engine": engine,
+        }
         self.files["/config.json"] = (json.dumps(config).encode(), "application/json")
 
     def response(self, request: Request) -> Response | None:

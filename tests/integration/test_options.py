@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import numpy as np
 import pytest
 
 from client.kit.speech import join_utterances, load_audio, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
-from whisper_stream.audio import encode, resample
+from tests.integration.test_admission_and_drain import served_engine
+from whisper_stream.audio import encode, normalize_loudness, resample
+from whisper_stream.engines.interface import TranscribeRequest
 
 LANGUAGE_FILES = {
     "sv": "mfa_sv_u0016003",
@@ -200,27 +203,80 @@ async def test_timing_info_says_where_the_time_went(server, speech):
     assert timing["batch_size"] >= 1
 
 
-async def test_dynamic_preprocessing_rescues_quiet_speech(server, speech):
-    quiet = load_audio(speech["ls_61-70968-0000"].path) * 0.05
-    meta = metadata(use_dynamic_preprocessing=True, threshold=0.3)
-    res = await stream_pcm(
-        server.url, meta, encode(np.concatenate([quiet, np.zeros(16000, np.float32)]), "pcm_s16le"), speed=0
-    )
-    assert wer([speech["ls_61-70968-0000"].text], [res.text]) < 0.3, res.text
+class Recorder:
+    """The CPU engine, recording what reaches it: each request (audio, options) and the keyword arguments of
+    each CTranslate2 `generate()` call."""
+
+    def __init__(self) -> None:
+        from whisper_stream.engines.ctranslate2 import CTranslate2Engine
+
+        self.engine = CTranslate2Engine()
+        self.requests: list[TranscribeRequest] = []
+        self.generate_calls: list[dict[str, Any]] = []
+        model, transcribe = self.engine._model, self.engine.transcribe
+        recorder = self
+
+        class Model:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(model, name)
+
+            def generate(self, *args: Any, **kw: Any) -> Any:
+                recorder.generate_calls.append(kw)
+                return model.generate(*args, **kw)
+
+        async def recorded(requests):
+            self.requests += requests
+            return await transcribe(requests)
+
+        self.engine._model = Model()
+        self.engine.transcribe = recorded  # type: ignore[method-assign]
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.generate_calls.clear()
 
 
-async def test_sampling_params_and_prefix(server, speech):
-    pcm = to_pcm16(load_audio(speech["ls_61-70968-0000"].path)) + bytes(32000)
-    meta = metadata()
-    meta["whisper_params"]["whisper_sampling_params"] = {
-        "beam_width": 3,
-        "no_repeat_ngram_size": 3,
-        "max_new_tokens": 200,
-    }
-    res = await stream_pcm(server.url, meta, pcm, speed=0)
-    assert wer([speech["ls_61-70968-0000"].text], [res.text]) < 0.3
-    meta = metadata(prefix="He began")
-    res = await stream_pcm(server.url, meta, pcm, speed=0)
+@pytest.fixture(scope="module")
+def recorder() -> Recorder:
+    return Recorder()
+
+
+async def test_dynamic_preprocessing_rescues_quiet_speech(recorder, speech):
+    """Quiet speech (-26 dB) with use_dynamic_preprocessing: Whisper gets it at a steady level; the control
+    without it gets the quiet audio as it came (the same VAD segment, so the same samples)."""
+    utterance = speech["ls_61-70968-0000"]
+    quiet = load_audio(utterance.path) * 0.05
+    pcm = encode(np.concatenate([quiet, np.zeros(16000, np.float32)]), "pcm_s16le")
+    got = {}
+    async with served_engine(recorder.engine) as (url, _):
+        for dynamic in (False, True):
+            recorder.clear()
+            meta = metadata(use_dynamic_preprocessing=dynamic, threshold=0.3)
+            res = await stream_pcm(url, meta, pcm, speed=0)
+            (got[dynamic],) = [r.audio for r in recorder.requests]  # the one final
+    assert wer([utterance.text], [res.text]) < 0.3, res.text
+    np.testing.assert_array_equal(got[True], normalize_loudness(got[False]))
+    assert np.sqrt(np.mean(got[True] ** 2)) > 4 * np.sqrt(np.mean(got[False] ** 2))  # louder, not the same
+
+
+async def test_sampling_params_reach_the_decoder_and_prefix(recorder, speech):
+    """beam_width and no_repeat_ngram_size as CTranslate2's `generate()` gets them, against the defaults on
+    the same audio (the control: WER alone would pass were they ignored)."""
+    utterance = speech["ls_61-70968-0000"]
+    pcm = to_pcm16(load_audio(utterance.path)) + bytes(32000)
+    sampling = {"beam_width": 3, "no_repeat_ngram_size": 3, "max_new_tokens": 200}
+    decoded = {}
+    async with served_engine(recorder.engine) as (url, _):
+        for params in ({}, sampling):
+            recorder.clear()
+            meta = metadata()
+            meta["whisper_params"]["whisper_sampling_params"] = params
+            res = await stream_pcm(url, meta, pcm, speed=0)
+            assert wer([utterance.text], [res.text]) < 0.3, (params, res.text)
+            first = [c for c in recorder.generate_calls if "sampling_temperature" not in c]  # temperature 0
+            decoded[len(params)] = {(c["beam_size"], c["no_repeat_ngram_size"]) for c in first}
+        res = await stream_pcm(url, metadata(prefix="He began"), pcm, speed=0)
+    assert decoded == {0: {(1, 0)}, 3: {(3, 3)}}, decoded
     assert res.text.lower().startswith("he began"), res.text
 
 

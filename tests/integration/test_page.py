@@ -3,9 +3,11 @@ microphone that plays real speech from data/, against the real server.
 
 The page captures with its AudioWorklet, resamples to 16 kHz pcm_s16le and streams Baseten's protocol; the
 finals it shows must match the words (WER within a few points of the file streamer on the same audio), and
-partials must come first. A second server runs with --api-key: the page asks for the key, passes it as a
-WebSocket subprotocol, and the "transcribe a file" button streams a WAV through the same path. The page after
-each run is saved as a screenshot in build/test-output/.
+partials must come first. The page names the model and engine, checks its settings before it connects (the
+wrong field highlighted), and copies, downloads and clears the finals. A second server runs with --api-key:
+the page asks for the key, passes it as a WebSocket subprotocol, and the "transcribe a file" button streams a
+WAV through the same path. On an insecure origin the status says the page cannot capture, not "ready". The
+page after each run is saved as a screenshot in build/test-output/.
 
 `make test` installs chromium (the Makefile's `browser` target); without it these tests fail, saying how
 to install it, rather than skip.
@@ -57,7 +59,9 @@ def write_wav(path: Path, audio: np.ndarray) -> Path:
     return path
 
 
-async def open_page(pw, url: str, fake_audio: Path) -> tuple[object, Page, list[str]]:
+async def open_page(
+    pw, url: str, fake_audio: Path, state: str = "idle", args: tuple[str, ...] = ()
+) -> tuple[object, Page, list[str]]:
     browser = await pw.chromium.launch(
         executable_path=chromium(),
         headless=True,
@@ -65,6 +69,7 @@ async def open_page(pw, url: str, fake_audio: Path) -> tuple[object, Page, list[
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={fake_audio}",
+            *args,
         ],
     )
     page = await browser.new_page(viewport={"width": 1100, "height": 760})
@@ -72,7 +77,7 @@ async def open_page(pw, url: str, fake_audio: Path) -> tuple[object, Page, list[
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     await page.goto(url)
-    await page.wait_for_function("() => window.whisperStream && window.whisperStream.state === 'idle'")
+    await page.wait_for_function(f"() => window.whisperStream && window.whisperStream.state === '{state}'")
     return browser, page, problems
 
 
@@ -103,7 +108,12 @@ async def test_page_files_are_served(server):
             assert r.headers["Content-Type"].startswith(content_type), (path, r.headers["Content-Type"])
             assert "connect-src 'self'" in r.headers["Content-Security-Policy"]
             body = r.read()
-    assert json.loads(body) == {"api_key_required": False, "websocket_path": "/v1/websocket"}
+    assert json.loads(body) == {
+        "api_key_required": False,
+        "websocket_path": "/v1/websocket",
+        "model": "base",
+        "engine": "ctranslate2",
+    }
     with urllib.request.urlopen(base + "/", timeout=10) as r:
         html = r.read().decode()
     assert "app.js" in html and "http://" not in html and "https://" not in html  # no CDN: works offline
@@ -132,6 +142,8 @@ async def test_page_microphone_partials_then_finals(server, speech, tmp_path):
         browser, page, problems = await open_page(pw, f"http://127.0.0.1:{server.port}/", fake_mic)
         try:
             assert await page.locator("#key-row").is_hidden()  # no --api-key: no key asked
+            assert await page.inner_text("#model") == "Whisper base on ctranslate2"
+            await check_settings_in_the_browser(page)
             await page.click("#start")
             await page.wait_for_function("() => window.whisperStream.state === 'running'", timeout=20_000)
             # live: a final on screen and the next utterance's partial dimmed below it (the README's picture)
@@ -153,6 +165,7 @@ async def test_page_microphone_partials_then_finals(server, speech, tmp_path):
             langs = await page.locator("#finals .final .lang").all_inner_texts()
             latencies = await page.locator("#finals .final .latency").all_inner_texts()
             await screenshot(page, "page.png")
+            copied, downloaded = await copy_download_and_clear(page)
         finally:
             await browser.close()
 
@@ -172,6 +185,46 @@ async def test_page_microphone_partials_then_finals(server, speech, tmp_path):
     # each final shows its language, time span and end-of-speech -> final latency
     assert langs and all(lang.startswith("en") for lang in langs), langs
     assert len(latencies) == len(shown) and all(0 < float(v.split()[1]) < 15 for v in latencies), latencies
+    assert copied == downloaded == "\n".join(shown) + "\n", (copied, downloaded)
+
+
+async def check_settings_in_the_browser(page: Page) -> None:
+    """A VAD threshold of 2: Start names the field and highlights it, and nothing is sent; put right, the
+    highlight and the message go."""
+    await page.fill("#vad-threshold", "2")
+    await page.click("#start")
+    await page.wait_for_selector("#error:not([hidden])")
+    assert (
+        await page.inner_text("#error") == "Check the settings: VAD threshold must be between 0.05 and 0.95."
+    )
+    assert await page.get_attribute("#vad-threshold", "aria-invalid") == "true"
+    assert await page.evaluate("document.activeElement.id") == "vad-threshold"
+    assert await page.evaluate("[window.whisperStream.runs, window.whisperStream.state]") == [0, "idle"]
+    await screenshot(page, "page-settings-check.png")
+    await page.fill("#vad-threshold", "0.5")
+    assert await page.get_attribute("#vad-threshold", "aria-invalid") == "false"
+    assert await page.locator("#error").is_hidden()
+
+
+async def copy_download_and_clear(page: Page) -> tuple[str, str]:
+    """The finals as Copy puts them on the clipboard and as Download saves them; then Clear empties it."""
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    await page.click("#copy")
+    await page.wait_for_function("() => document.querySelector('#tool-note').textContent === 'copied'")
+    copied = await page.evaluate("navigator.clipboard.readText()")
+    async with page.expect_download() as info:
+        await page.click("#download")
+    download = await info.value
+    assert download.suggested_filename.startswith("transcript-") and download.suggested_filename.endswith(
+        ".txt"
+    )
+    downloaded = Path(await download.path()).read_text()
+    await page.click("#clear")
+    assert (
+        await page.locator("#finals .final").count() == 0 and await page.locator("#placeholder").is_visible()
+    )
+    assert await page.locator("#copy").is_disabled() and await page.locator("#download").is_disabled()
+    return copied, downloaded
 
 
 @pytest.fixture(scope="module")
@@ -218,13 +271,25 @@ async def test_page_api_key_and_file_button(keyed_server, speech, tmp_path):
             assert "refused the connection: the API key is wrong" in await page.inner_text("#error")
 
             await page.fill("#api-key", KEY)
-            await page.fill("#prompt", "x" * 2100)  # over the schema's 2000 characters
+            await page.fill("#prompt", "x" * 2100)  # over the schema's 2000 characters: refused here
+            await page.set_input_files("#file", str(utterance.path))
+            await page.wait_for_selector("#prompt.invalid")
+            error = await page.inner_text("#error")
+            assert error == "Check the settings: Prompt is 2100 characters long; at most 2000.", error
+            assert await page.evaluate("window.whisperStream.runs") == 1  # nothing sent
+
+            await page.fill("#prompt", "")
+            # what only the server checks (a language code it does not know) still comes back in words
+            await page.evaluate(
+                "() => { const s = document.querySelector('#language'); s.add(new Option('x1', 'x1')); "
+                "s.value = 'x1'; }"
+            )
             await page.set_input_files("#file", str(utterance.path))
             await page.wait_for_function(ran(2, "idle"))
             error = await page.inner_text("#error")
-            assert error.startswith("The server did not accept the settings:") and "prompt" in error, error
+            assert error.startswith("The server did not accept the settings:") and "ISO 639-1" in error, error
 
-            await page.fill("#prompt", "")
+            await page.select_option("#language", "en")
             await page.set_input_files("#file", str(utterance.path))  # streamed at real-time pace
             await page.wait_for_function(ran(3, "running"), timeout=20_000)
             started = time.monotonic()
@@ -243,3 +308,24 @@ async def test_page_api_key_and_file_button(keyed_server, speech, tmp_path):
     assert abs(sent - utterance.duration_s) < 0.5, sent  # the whole file, once
     assert took > utterance.duration_s - 0.5, took  # at real-time pace, not as fast as possible
     assert wer([utterance.text], [" ".join(shown)]) <= 0.1, shown
+
+
+async def test_page_on_an_insecure_origin_says_it_cannot_capture(server, tmp_path):
+    """http:// on a name other than localhost: browsers give no microphone or AudioWorklet there, so Start
+    stays disabled and the status says why (was: "ready")."""
+    silence = write_wav(tmp_path / "silence.wav", np.zeros(SR, np.float32))
+    rule = "--host-resolver-rules=MAP insecure.test 127.0.0.1"
+    async with async_playwright() as pw:
+        browser, page, problems = await open_page(
+            pw, f"http://insecure.test:{server.port}/", silence, state="insecure", args=(rule,)
+        )
+        try:
+            assert await page.evaluate("window.isSecureContext") is False
+            status = await page.inner_text("#status")
+            assert status == "unavailable on an insecure page", status
+            assert await page.locator("#start").is_disabled() and await page.locator("#file").is_disabled()
+            assert "only on secure pages" in await page.inner_text("#error")
+            await screenshot(page, "page-insecure.png")
+        finally:
+            await browser.close()
+    assert not problems, problems

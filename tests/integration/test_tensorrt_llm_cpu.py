@@ -3,8 +3,11 @@
 The stand-in (`testing.trtllm_runner`) runs the default CTranslate2 Whisper model behind
 ModelRunnerCpp's `from_dir` / `generate()` / output layout, so the engine's whole production path (batched
 torch log-mel, first-step call, prompts, decode, log-prob parsing, fallback, segments) runs here. Its
-transcripts must equal the CPU engine's on the same audio (both on 30 s windows: the CPU engine without its
-adaptive context). One batch carries everything, to keep this under a minute on two cores.
+transcripts must agree with the CPU engine's on the same audio (both on 30 s windows: the CPU engine without
+its adaptive context) within a WER bound, not character for character: the two log-mels are different
+arithmetic (torch float32 then float16 vs numpy float32), so a near-tie token may go either way, and which
+way depends on the CPU's instruction set ("grantregården" vs "grantrekåden" on AVX2). One batch carries
+everything, to keep this under a minute on two cores.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import pytest
 
 pytest.importorskip("torch", reason="the TensorRT-LLM engine's code path needs torch")
 
-from client.kit.speech import load_audio, load_manifest  # noqa: E402
+from client.kit.speech import load_audio, load_manifest, wer  # noqa: E402
 from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest  # noqa: E402
 from whisper_stream.hallucination import is_invented, is_silence, possible_hallucination  # noqa: E402
 
 ENGLISH = ["ls_1221-135766-0002", "ls_61-70968-0000", "lj_LJ002-0020"]
+LANGUAGES = ["en"] * 3 + ["sv", "es"]  # of the batch's speech windows, in order
+# Per window, the CPU engine's transcript as reference: one word in ten may differ (a near-tie token decided
+# by float rounding); a broken prompt, parse or fallback changes most words of a window or empties it.
+MAX_ENGINE_WER = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +36,8 @@ def audio() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory):
-    from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
     from testing.trtllm_runner import make_engine_dir
+    from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
 
     return TensorRTLLMEngine(make_engine_dir(tmp_path_factory.mktemp("engine")), runner="faithful")
 
@@ -58,11 +65,13 @@ def cpu_results(batch):
     return CTranslate2Engine(adaptive_context=False).transcribe_sync(batch)
 
 
-def test_transcripts_equal_the_cpu_engine(results, cpu_results) -> None:
-    """On speech. On the digital silence both invent a word, never sent (`is_invented`), not the same one:
-    with Whisper's zero log-mel frames after the audio, this engine (no suppress-tokens filter in the
-    executor) says "[Music]" where the CPU engine, which suppresses non-speech symbols, says "you"."""
-    assert [r.text for r in results[:5]] == [r.text for r in cpu_results[:5]]
+def test_transcripts_agree_with_the_cpu_engine(results, cpu_results) -> None:
+    """On speech, within MAX_ENGINE_WER per window. On the digital silence both invent a word, never sent
+    (`is_invented`), not the same one: with Whisper's zero log-mel frames after the audio, this engine (no
+    suppress-tokens filter in the executor) says "[Music]" where the CPU engine, which suppresses non-speech
+    symbols, says "you"."""
+    for got, want, language in zip(results[:5], cpu_results[:5], LANGUAGES, strict=True):
+        assert wer([want.text], [got.text], language) <= MAX_ENGINE_WER, (got.text, want.text)
     assert [r.language for r in results] == ["en"] * 3 + ["sv", "es", "en"]
     assert all(r.text for r in results[:5])
     assert all(is_invented(s) for r in (results[5], cpu_results[5]) for s in r.segments)
@@ -137,8 +146,8 @@ def test_a_prefix_is_prompt_to_the_runner_and_text_in_the_transcript(engine, aud
 def test_each_request_gets_its_own_length_cap_beside_a_longer_prompt(audio, tmp_path) -> None:
     """The runner takes one max_new_tokens per call: a request whose prompt leaves it more of a small build's
     decoder length than its neighbour's does is decoded in its own call, not cut to the neighbour's cap."""
-    from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
     from testing.trtllm_runner import make_engine_dir
+    from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine
 
     small = TensorRTLLMEngine(make_engine_dir(tmp_path, max_seq_len=114, max_input_len=14), runner="faithful")
     clip = audio["ls_61-70968-0000"]

@@ -15,8 +15,8 @@ from whisper_stream.engines.interface import RequestError, Segment, TranscribeRe
 
 torch = pytest.importorskip("torch", reason="the TensorRT-LLM engine's code path needs torch")
 
-from tests.unit.test_tensorrt_llm_runner import ScriptedBackend, engine_dir  # noqa: E402, F401
 from testing import trtllm_runner as stand_in  # noqa: E402
+from tests.unit.test_tensorrt_llm_runner import ScriptedBackend, engine_dir  # noqa: E402, F401
 from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine  # noqa: E402
 
 

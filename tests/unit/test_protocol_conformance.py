@@ -76,7 +76,6 @@ MAPPED = [
     ("encoding=alaw", lambda o: o.config.streaming_params.sample_rate == 8000),
     (f"{BASE}&sample_rate=24000", lambda o: o.config.streaming_params.sample_rate == 24000),
     (f"{BASE}&channels=2&multichannel=true", lambda o: o.channels == 2),
-    (f"{BASE}&multichannel=false", lambda o: o.channels == 1),
     (f"{BASE}&language=en-US", lambda o: o.config.whisper_params.audio_language == "en"),
     (f"{BASE}&language=multi", lambda o: o.config.decode_options().language is None),
     (BASE, lambda o: o.config.decode_options().language is None),  # absent: detection
@@ -133,6 +132,7 @@ REFUSED_QUERIES = [
     ("encoding=flac", "encoding"),
     ("sample_rate=16000", "encoding"),  # no encoding: containerized audio is not decoded
     (f"{BASE}&channels=2", "channels"),  # without multichannel
+    (f"{BASE}&channels=2&multichannel=false", "channels"),  # said explicitly: the same refusal, not a default
     (f"{BASE}&sample_rate=4000", "sample_rate"),
     (f"{BASE}&endpointing=soon", "endpointing"),
     (f"{BASE}&interim_results=maybe", "interim_results"),

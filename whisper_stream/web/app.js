@@ -13,11 +13,11 @@ const ERROR_WORDS = {
   WEBSOCKET_ERROR: "The connection failed",
 };
 
-let config = { api_key_required: false, websocket_path: "/v1/websocket" };
+let config = { api_key_required: false, websocket_path: "/v1/websocket", model: "", engine: "" };
 let run = null; // the current stream: { ws, ctx, node, source, media, sent, sendTimes, lastFinal, errorShown }
 
 // What the tests read: every message with its arrival time, and the audio sent so far.
-const page = { log: [], audioSentS: 0, state: "loading", runs: 0 };
+const page = { log: [], audioSentS: 0, state: "loading", runs: 0, settingsError: false };
 window.whisperStream = page;
 
 function wsBase() {
@@ -36,6 +36,41 @@ function setState(state, text) {
   for (const el of $("settings").elements) el.disabled = busy;
 }
 
+// The settings, checked here against the limits in index.html (min/max, data-max-length) before anything is
+// sent: the first wrong field is named, highlighted and focused. Returns whether all are right.
+function settingsProblem(el) {
+  const value = el.value.trim();
+  if (el.type === "number") {
+    const unit = el.dataset.unit ? ` ${el.dataset.unit}` : "";
+    const x = Number(value);
+    if (value === "" || el.validity.badInput || !Number.isFinite(x)) return "must be a number";
+    if (x < Number(el.min) || x > Number(el.max)) return `must be between ${el.min} and ${el.max}${unit}`;
+  } else if (el.dataset.maxLength && el.value.length > Number(el.dataset.maxLength)) {
+    return `is ${el.value.length} characters long; at most ${el.dataset.maxLength}`;
+  }
+  return null;
+}
+
+function checkSettings(focus) {
+  let first = null;
+  for (const el of $("settings").querySelectorAll("[data-name]")) {
+    const problem = settingsProblem(el);
+    el.classList.toggle("invalid", problem !== null);
+    el.setAttribute("aria-invalid", String(problem !== null));
+    el.title = problem ? `${el.dataset.name} ${problem}` : "";
+    if (problem && !first) first = { el, text: `${el.dataset.name} ${problem}` };
+  }
+  if (first && focus) {
+    $("settings").closest("details").open = true;
+    showError(`Check the settings: ${first.text}.`);
+    page.settingsError = true;
+    first.el.focus();
+  } else if (!first && page.settingsError) {
+    clearError(); // the settings message goes once they are right
+  }
+  return first === null;
+}
+
 function showError(text) {
   const box = $("error");
   box.textContent = text;
@@ -46,6 +81,49 @@ function showError(text) {
 function clearError() {
   $("error").hidden = true;
   $("error").textContent = "";
+  page.settingsError = false;
+}
+
+// Clear / Copy / Download: the finals on the page, one per line.
+function transcriptText() {
+  return [...document.querySelectorAll("#finals .final .text")].map((el) => el.textContent).join("\n");
+}
+
+function updateTools() {
+  const empty = !$("finals").children.length;
+  for (const id of ["copy", "download", "clear"]) $(id).disabled = empty;
+}
+
+function note(text) {
+  const el = $("tool-note");
+  el.textContent = text;
+  clearTimeout(note.timer);
+  note.timer = setTimeout(() => (el.textContent = ""), 3000);
+}
+
+async function copyTranscript() {
+  try {
+    await navigator.clipboard.writeText(transcriptText() + "\n");
+    note("copied");
+  } catch (err) {
+    showError(`Could not copy to the clipboard (${describe(err)}): use Download instead.`);
+  }
+}
+
+function downloadTranscript() {
+  const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([transcriptText() + "\n"], { type: "text/plain" }));
+  link.download = `transcript-${stamp}.txt`;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+function clearTranscript() {
+  $("finals").replaceChildren();
+  $("partial").textContent = "";
+  $("placeholder").hidden = false;
+  updateTools();
 }
 
 function metadata() {
@@ -100,6 +178,7 @@ function connect(current) {
 async function start(file) {
   if (run) return;
   clearError();
+  if (!checkSettings(true)) return;
   if (config.api_key_required && !$("api-key").value.trim()) {
     showError("This server needs an API key: enter it under Settings, then press Start again.");
     $("api-key").focus();
@@ -274,6 +353,7 @@ function addFinal(current, msg, now, entry) {
   li.append(p, meta);
   $("finals").append(li);
   li.scrollIntoView({ block: "nearest" });
+  updateTools();
 }
 
 function onClose(current, event) {
@@ -293,6 +373,11 @@ function onClose(current, event) {
 async function init() {
   $("start").addEventListener("click", () => start(null));
   $("stop").addEventListener("click", () => stop());
+  $("copy").addEventListener("click", () => copyTranscript());
+  $("download").addEventListener("click", () => downloadTranscript());
+  $("clear").addEventListener("click", () => clearTranscript());
+  $("settings").addEventListener("input", () => checkSettings(false));
+  $("settings").addEventListener("submit", (event) => event.preventDefault());
   $("file").addEventListener("change", (event) => {
     const file = event.target.files[0];
     event.target.value = "";
@@ -306,13 +391,22 @@ async function init() {
   }
   $("key-row").hidden = !config.api_key_required;
   $("ws-url").textContent = wsBase() + config.websocket_path;
-  setState("idle", "ready");
+  if (config.model) {
+    const named = `Whisper ${config.model} on ${config.engine}`;
+    $("model").textContent = named;
+    $("model").hidden = false;
+    $("model-footer").textContent = ` Model: ${named}.`;
+  }
   if (!window.isSecureContext) {
+    // Start and the file button stay disabled: say so in the status, not "ready"
+    setState("insecure", "unavailable on an insecure page");
     showError(
       `Browsers allow the microphone and audio processing only on secure pages: open this page as ` +
         `http://localhost:${location.port || 80}/ on the server's machine, or serve it over https.`,
     );
+    return;
   }
+  setState("idle", "ready");
 }
 
 init();

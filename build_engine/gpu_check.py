@@ -14,7 +14,7 @@ part failed or one of its checks did not hold):
    cross-attention KV of 1500 positions, and from these an estimate of real-time streams per GPU (partials
    every 0.5 s; finals only). **PyTorch eager, not TensorRT-LLM**: a floor for what the GPU does, not the
    production engine's numbers.
-3. `engine`: `TensorRTLLMEngine` driven through the faithful runner (`testing.trtllm_runner.ModelRunnerCpp`) with
+3. `engine`: `TensorRTLLMEngine` driven through the faithful runner (`testing.trtllm_runner`) with
    a random-weight large-v3-shaped model on the device and forced token counts: time per batch after one
    untimed warm-up call, checked that every request got text and that mixed options are decoded one group
    per `generation_key`, and GPU memory (`torch.cuda.mem_get_info()` before and after).

@@ -5,8 +5,8 @@ One reader task per stream takes messages off the socket into a small byte-bound
 full the reader stops reading, and TCP pushes back on the client instead of the server's memory growing. The
 loop applies messages and engine results in order, runs the audio front end off the event loop
 (`frontend.py`), stops taking audio while `max_finals_in_flight` finals are unanswered, sheds partials and
-then closes a stream whose unprocessed audio exceeds `max_lag_s`, and closes a client that does not read what it
-is sent. On a drain it stops reading, applies what it already received, and the sessions' last finals
+then closes a stream whose unprocessed audio exceeds `max_lag_s`, and closes a client that does not read
+what it is sent. On a drain it stops reading, applies what it already received, and the sessions' last finals
 carry all of it.
 """
 

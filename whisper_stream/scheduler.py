@@ -4,8 +4,9 @@ Finals are never dropped. Partials are best-effort: each stream has at most one 
 enforces it); the session cancels a queued partial whose utterance has meanwhile ended (`cancel_request`,
 dropped unrun), and one still waiting after `partial_max_wait_s` is shed. Speculative finals (a final decoded
 before its endpoint) queue with the partials, ahead of them, and are shed or cancelled the same way until the
-session confirms them (`promote`): then an urgent final (its client already waits). A final a client's flush asked for is urgent too: urgent
-finals go ahead of every other final, in fairness order among themselves. Up to
+session confirms them (`promote`): then an urgent final (its client already waits). A final a client's
+flush asked for is urgent too: urgent finals go ahead of every other final, in fairness order among
+themselves. Up to
 `engine.max_inflight` calls run at once (the CPU engine's `--engine-workers` replicas, 2 by default; several
 for Triton, whose dynamic batcher merges them).
 

@@ -146,8 +146,9 @@ class InFlight:
 
     def request(
         self, kind: RequestKind, window: tuple[int, int], audio: np.ndarray, settings: Settings, *,
-        number: int, utterance: int, urgent: bool = False, continues: bool = False, cause: Cause | None = None,
-        end_of_audio: bool = False, processing_s: float = 0.0, silence_start: int | None = None,
+        number: int, utterance: int, urgent: bool = False, continues: bool = False,
+        cause: Cause | None = None, end_of_audio: bool = False, processing_s: float = 0.0,
+        silence_start: int | None = None,
     ) -> Transcribe:  # fmt: skip
         """A new request of `window` (stream samples at 16 kHz): its action, and its row in the table."""
         rid, self._next_id = self._next_id, self._next_id + 1
@@ -178,7 +179,7 @@ class InFlight:
         return [r.transcribe.start_s for r in self.table.values() if r.kind == "final"]
 
     def drop_spec(self) -> list[Action]:
-        """Forget the open segment's speculative decode (a late result is ignored; a queued one is cancelled)."""
+        """Forget the open segment's speculative decode (a late result is ignored, a queued one cancelled)."""
         spec, self.spec = self.spec, None
         if spec is None:
             return []
@@ -201,7 +202,8 @@ class InFlight:
         return spec
 
     def confirm(
-        self, spec: Request, *, cause: Cause, continues: bool, urgent: bool, end_of_audio: bool, processing_s: float
+        self, spec: Request, *, cause: Cause, continues: bool, urgent: bool, end_of_audio: bool,
+        processing_s: float,
     ) -> tuple[list[Request], list[Action]]:  # fmt: skip
         """The speculative decode becomes the final: finals ready to leave (in order), or its promotion."""
         spec.cause, spec.continues, spec.end_of_audio, spec.processing_s = (
@@ -228,7 +230,8 @@ class InFlight:
         return request is not None
 
     def on_result(
-        self, request_id: int, result: TranscribeResult | None, error: str | None, timing: dict[str, float] | None
+        self, request_id: int, result: TranscribeResult | None, error: str | None,
+        timing: dict[str, float] | None,
     ) -> Answer:  # fmt: skip
         """An engine answer, a failure, or a shed or cancelled request (result and error None)."""
         r = self.table.pop(request_id, None)

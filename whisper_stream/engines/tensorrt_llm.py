@@ -4,8 +4,9 @@
 the encoder engine on our log-mel features and the decoder engine on our prompt ids, a whole batch at once.
 TensorRT-LLM is imported in `__init__` only, so this module imports (and the package tests) anywhere. The
 runner class comes through one seam, `runner_class()`: TensorRT-LLM's own, or with
-WHISPER_STREAM_TRTLLM_RUNNER=faithful the CPU stand-in of `testing.trtllm_runner` (same `from_dir`, `generate()`
-and output layout, backed by the default CTranslate2 model) on which CI runs this engine end to end.
+WHISPER_STREAM_TRTLLM_RUNNER=faithful the CPU stand-in `testing.trtllm_runner` (same `from_dir`,
+`generate()` and output layout, backed by the default CTranslate2 model) on which CI runs this engine end
+to end; a repository checkout has it, an installed server does not.
 
 - Features: one batched `torch.stft` on the runner's device (`whisper_stream.mel.batch_window_features_torch`,
   Whisper's exact definition), 128 bins for large-v3, each window's own frames then 0.0 frames up to 3000

@@ -139,7 +139,8 @@ class BasetenProtocol:
             first = await asyncio.wait_for(transport.recv(), limits.metadata_timeout_s)
         except TimeoutError:
             message = f"no metadata within {limits.metadata_timeout_s:g} s"
-            return await fail_transport(transport, error(config_error, message, stream_id=None, recoverable=False), CLOSE_POLICY, message)  # fmt: skip
+            msg = error(config_error, message, stream_id=None, recoverable=False)
+            return await fail_transport(transport, msg, CLOSE_POLICY, message)
         problem: tuple[str, int] | None = None
         raw: Any = None
         if isinstance(first, bytes):
@@ -218,8 +219,12 @@ class BasetenProtocol:
             try:
                 applied = session.update_config(merge_update(session.config, msg.get("body")))
             except ConfigError as exc:
-                notice = error("CONFIGURATION_ERROR", str(exc), stream_id=session.stream_id, recoverable=True, field=exc.field)  # fmt: skip
-                return [self._own(notice)]
+                sid, field = session.stream_id, exc.field
+                return [
+                    self._own(
+                        error("CONFIGURATION_ERROR", str(exc), stream_id=sid, recoverable=True, field=field)
+                    )
+                ]
             return [
                 self._own(_ack("update_config", "applied" if applied else "pending_utterance_end", trace_id))
             ]
@@ -247,7 +252,8 @@ class BasetenProtocol:
             return []  # an empty final: Baseten's clients are sent nothing for it
         if isinstance(result, Notice):
             extra = {} if result.start_s is None else {"start_time": result.start_s, "end_time": result.end_s}
-            return [error(result.kind, result.message, stream_id=self.stream_id, recoverable=result.recoverable, **extra)]  # fmt: skip
+            sid, ok = self.stream_id, result.recoverable
+            return [error(result.kind, result.message, stream_id=sid, recoverable=ok, **extra)]
         if isinstance(result, Finished):
             if result.going_away:
                 return [Close(1001, "server is shutting down")]

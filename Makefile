@@ -81,7 +81,7 @@ $(TRUSS_VENV)/bin/truss:
 truss-venv: $(TRUSS_VENV)/bin/truss  ## truss in its own virtualenv
 
 truss-stage:  ## build/truss: truss/ with its packages copied in and TRUSS_CONFIG as config.yaml
-	$(PYTHON) -m whisper_stream.truss_stage --config $(TRUSS_CONFIG) --out build/truss
+	$(PYTHON) -m whisper_stream.serving.truss_stage --config $(TRUSS_CONFIG) --out build/truss
 
 truss-push: truss-venv truss-stage  ## deploy it to Baseten (needs `truss login`; TRUSS_CONFIG=config.cpu.yaml: CPU)
 	cd build/truss && $(CURDIR)/$(TRUSS_VENV)/bin/truss push --promote --wait

@@ -99,7 +99,7 @@ def _time(fn: Any, device: str, repeat: int) -> float:
 
 def check_mel(device: str) -> dict[str, Any]:
     from client.kit.speech import load_audio, load_manifest
-    from whisper_stream import mel
+    from whisper_stream.dsp import mel
 
     m = {u.id: u for u in load_manifest()}
     audios = [load_audio(m[i].path) for i in SPEECH]

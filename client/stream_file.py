@@ -38,8 +38,8 @@ from client.protocol import (
     metadata_from_args,
     stream_pcm,
 )
-from whisper_stream.audio import SAMPLE_WIDTH as BYTES_PER_SAMPLE
-from whisper_stream.audio import encode as encode_audio
+from whisper_stream.dsp.audio import SAMPLE_WIDTH as BYTES_PER_SAMPLE
+from whisper_stream.dsp.audio import encode as encode_audio
 
 
 class DecodeError(ValueError):

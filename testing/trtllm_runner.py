@@ -100,7 +100,7 @@ def make_engine_dir(
     out = Path(out)
     opts = dict(backend_options or {})
     if backend == "ctranslate2":
-        from whisper_stream.model_source import resolve_model
+        from whisper_stream.engines.model_source import resolve_model
 
         model_dir = Path(resolve_model(model))
         vocab = json.loads((model_dir / "vocabulary.json").read_text())
@@ -111,7 +111,7 @@ def make_engine_dir(
         opts.update(model=str(model_dir), compute_type=compute_type)
     if n_mels is None or vocab_size is None:
         raise ValueError("n_mels and vocab_size are needed for this backend")
-    from whisper_stream.whisper_tokens import SpecialTokens
+    from whisper_stream.engines.whisper_tokens import SpecialTokens
 
     num_languages = SpecialTokens.from_vocab_size(vocab_size).num_languages
     encoder = {
@@ -244,7 +244,7 @@ class CTranslate2Backend:
         no_repeat_ngram_size: int,
         want_logits: bool,
     ) -> list[list[Beam]]:
-        from whisper_stream.whisper_tokens import ctranslate2_max_length, forced_prefix_length
+        from whisper_stream.engines.whisper_tokens import ctranslate2_max_length, forced_prefix_length
 
         encoded = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(features)))
         out: list[list[Beam] | None] = [None] * len(prompts)
@@ -371,7 +371,7 @@ class ModelRunnerCpp:
         executor_gather_generation_logits: bool,
         device_ids: list[int] | None,
     ) -> None:
-        from whisper_stream.whisper_tokens import SpecialTokens
+        from whisper_stream.engines.whisper_tokens import SpecialTokens
 
         self.executor = executor
         self.backend = backend

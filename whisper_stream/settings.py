@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from whisper_stream.model_source import DEFAULT_MODEL
+from whisper_stream.engines.model_source import DEFAULT_MODEL
 
 ENV_PREFIX = "WHISPER_STREAM_"
 

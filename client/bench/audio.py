@@ -17,8 +17,8 @@ import numpy as np
 
 from client.bench.report import machine_info
 from client.kit.speech import data_dir, load_audio
-from whisper_stream.audio import SAMPLE_WIDTH, AudioDecoder, encode, resample
-from whisper_stream.vad import FRAME, SileroModel
+from whisper_stream.dsp.audio import SAMPLE_WIDTH, AudioDecoder, encode, resample
+from whisper_stream.dsp.vad import FRAME, SileroModel
 
 CASES = [("pcm_s16le", 16000), ("pcm_f32le", 16000), ("pcm_mulaw", 8000), ("pcm_alaw", 8000),
          ("pcm_s16le", 8000), ("pcm_s16le", 44100), ("pcm_s16le", 48000)]  # fmt: skip

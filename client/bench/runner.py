@@ -333,7 +333,7 @@ def offline_wer(stream: JoinedStream, args: argparse.Namespace) -> dict[str, Any
     try:
         from faster_whisper import WhisperModel
 
-        from whisper_stream.model_source import resolve_model
+        from whisper_stream.engines.model_source import resolve_model
     except ImportError as exc:
         return {"error": f"offline WER needs faster-whisper: {exc}"}
     name = server_model(args.server_args)

@@ -58,8 +58,8 @@ def client_flushes(audio: np.ndarray, stop_ms: int, threshold: float) -> tuple[d
     """pipecat's client side: Silero (the server's model) on the audio as it is sent, 512-sample frames;
     when `stop_ms` of silence ends speech (the same rule as the server's, `Endpointer`), `finalize` is sent
     right after that frame. -> ({frame index: finalize}, the speech ends the client VAD found, stream s)."""
-    from whisper_stream.endpointer import Endpointer, silence_frames
-    from whisper_stream.vad import FRAME, SileroModel
+    from whisper_stream.core.endpointer import Endpointer, silence_frames
+    from whisper_stream.dsp.vad import FRAME, SileroModel
 
     ep = Endpointer(threshold, silence_frames(stop_ms))
     after: dict[int, str] = {}

@@ -89,7 +89,7 @@ def load_audio(path: Path | str, sample_rate: int = SR) -> np.ndarray:
 
 
 def to_pcm16(audio: np.ndarray) -> bytes:
-    from whisper_stream.audio import encode
+    from whisper_stream.dsp.audio import encode
 
     return encode(audio, "pcm_s16le")
 
@@ -111,8 +111,8 @@ class JoinedStream:
 
 def speech_bounds(audio: np.ndarray) -> tuple[float, float]:
     """(start, end) of the speech in a recording, in seconds; the whole file if Silero finds none."""
-    from whisper_stream.endpointer import VadOptions, speech_spans
-    from whisper_stream.vad import FRAME, SileroModel
+    from whisper_stream.core.endpointer import VadOptions, speech_spans
+    from whisper_stream.dsp.vad import FRAME, SileroModel
 
     spans = speech_spans(SileroModel().probabilities(audio), VadOptions())
     if not spans:

@@ -22,13 +22,13 @@ import websockets
 from client.kit.local_server import free_port
 from client.kit.speech import load_audio, to_pcm16
 from client.protocol import metadata
-from whisper_stream.driver import MESSAGE_OVERHEAD_BYTES
+from whisper_stream.dsp.vad import FRAME
 from whisper_stream.engines.interface import Engine, Segment, TranscribeResult
 from whisper_stream.engines.null import NullEngine
-from whisper_stream.runtime import Runtime
-from whisper_stream.server import WebsocketTransport, build_runtime, start_server
+from whisper_stream.serving.driver import MESSAGE_OVERHEAD_BYTES
+from whisper_stream.serving.runtime import Runtime
+from whisper_stream.serving.server import WebsocketTransport, build_runtime, start_server
 from whisper_stream.settings import ServerSettings
-from whisper_stream.vad import FRAME
 
 WAIT_S = 30.0  # how long a test waits for a state before it fails: a guard against hangs, not a speed bound
 

@@ -21,7 +21,7 @@ import websockets
 
 from client.kit.speech import join_utterances, load_audio, to_pcm16, wer
 from client.protocol import finals_text, metadata, stream_pcm
-from whisper_stream.transport import MAX_REASON_BYTES
+from whisper_stream.serving.transport import MAX_REASON_BYTES
 
 HEALTHY_IDS = ["ls_61-70968-0000", "ls_1221-135766-0002", "lj_LJ002-0020", "ls_1089-134686-0001"]
 

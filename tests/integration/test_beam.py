@@ -13,9 +13,9 @@ from client.bench.beam import beam_options, faster_whisper_text
 from client.kit.speech import join_utterances, load_audio, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
 from whisper_stream.config import parse_metadata
+from whisper_stream.core.hallucination import possible_hallucination, repeats_long_run
+from whisper_stream.dsp.mel import N_FRAMES
 from whisper_stream.engines.interface import TranscribeRequest
-from whisper_stream.hallucination import possible_hallucination, repeats_long_run
-from whisper_stream.mel import N_FRAMES
 
 # JFK's "...not what your country can do for you" (samples 63008-122848: Silero spans 2-3 at 100 ms minimum
 # silence, plus 30 ms): with beam 5, the default length penalty 2.0 and the shortened encoder context,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from whisper_stream.endpointer import VadOptions
+from whisper_stream.core.endpointer import VadOptions
+from whisper_stream.dsp.vad import SileroModel
 from whisper_stream.engines.interface import DecodeOptions, Segment, TranscribeRequest, TranscribeResult, Word
-from whisper_stream.ensemble_vad import (
+from whisper_stream.triton.ensemble_vad import (
     SpeechWindow,
     batch_probabilities,
     shift_result,
@@ -16,8 +17,7 @@ from whisper_stream.ensemble_vad import (
     vad_options_from_json,
     vad_options_to_json,
 )
-from whisper_stream.triton_whisper_model import choose_engine, config_parameters, transcribe_blocking
-from whisper_stream.vad import SileroModel
+from whisper_stream.triton.whisper_model import choose_engine, config_parameters, transcribe_blocking
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,9 @@ def test_blocking_calls_respect_the_engine_batch_size() -> None:
 
 def test_threshold_zero_keeps_the_whole_window() -> None:
     """What the server's Triton engine sends by default: the session already endpointed the window."""
-    from whisper_stream.endpointer import trim_to_speech
+    from whisper_stream.core.endpointer import trim_to_speech
+    from whisper_stream.dsp.vad import SileroModel
     from whisper_stream.engines.triton import DEFAULT_VAD
-    from whisper_stream.vad import SileroModel
 
     window = np.zeros(16000 * 2, dtype=np.float32)  # even silence: the session decided it is speech
     audio, offset, has_speech = trim_to_speech(window, SileroModel().probabilities(window), DEFAULT_VAD)

@@ -12,7 +12,7 @@ import pytest
 from client.kit.speech import join_utterances, load_audio, to_pcm16, wer
 from client.protocol import metadata, stream_pcm
 from tests.integration.test_admission_and_drain import served_engine
-from whisper_stream.audio import encode, normalize_loudness, resample
+from whisper_stream.dsp.audio import encode, normalize_loudness, resample
 from whisper_stream.engines.interface import TranscribeRequest
 
 LANGUAGE_FILES = {

@@ -19,7 +19,7 @@ from client.kit.speech import load_audio, to_pcm16
 from client.protocol import finals_text, metadata, stream_pcm
 from whisper_stream.engines.ctranslate2 import CTranslate2Engine
 from whisper_stream.engines.interface import TranscribeRequest
-from whisper_stream.server import build_runtime, start_server
+from whisper_stream.serving.server import build_runtime, start_server
 from whisper_stream.settings import ServerSettings
 
 POISON = "poison pill"

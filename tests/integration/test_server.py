@@ -32,7 +32,7 @@ def offline_texts(speech):
     """The same model transcribing each file whole, offline (faster-whisper's own pipeline)."""
     from faster_whisper import WhisperModel
 
-    from whisper_stream.model_source import resolve_model
+    from whisper_stream.engines.model_source import resolve_model
 
     model = WhisperModel(resolve_model(None), device="cpu", compute_type="int8")
     out = {}

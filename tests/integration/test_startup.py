@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from client.kit.local_server import ROOT, free_port
-from whisper_stream import model_source
-from whisper_stream.model_integrity import PACKAGE_SHA256
+from whisper_stream.engines import model_source
+from whisper_stream.engines.model_integrity import PACKAGE_SHA256
 
 SERVE = [sys.executable, "-m", "whisper_stream", "serve", "--host", "127.0.0.1"]
 

@@ -26,11 +26,11 @@ from client.kit.speech import load_audio, to_pcm16
 from client.protocol import metadata
 from tests.integration.test_admission_and_drain import WAIT_S, until
 from tests.integration.test_admission_and_drain import served as served_by_stand_in
-from whisper_stream import driver
 from whisper_stream.core.session import Session
-from whisper_stream.frontend import GATHER_MAX_BYTES, FrontEnd
+from whisper_stream.dsp.vad import FRAME, SAMPLE_RATE
 from whisper_stream.protocols.baseten import BasetenProtocol
-from whisper_stream.vad import FRAME, SAMPLE_RATE
+from whisper_stream.serving import driver
+from whisper_stream.serving.frontend import GATHER_MAX_BYTES, FrontEnd
 
 FRAME_BYTES = 1024  # 32 ms of 16 kHz s16le
 # Audio a session may hold back once everything sent has been applied: the partial VAD frame, and for 24 kHz

@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("torch", reason="the TensorRT-LLM engine's code path needs torch")
 
 from client.kit.speech import load_audio, load_manifest, wer  # noqa: E402
+from whisper_stream.core.hallucination import is_invented, is_silence, possible_hallucination  # noqa: E402
 from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest  # noqa: E402
-from whisper_stream.hallucination import is_invented, is_silence, possible_hallucination  # noqa: E402
 
 ENGLISH = ["ls_1221-135766-0002", "ls_61-70968-0000", "lj_LJ002-0020"]
 LANGUAGES = ["en"] * 3 + ["sv", "es"]  # of the batch's speech windows, in order
@@ -125,7 +125,7 @@ def test_a_prefix_is_prompt_to_the_runner_and_text_in_the_transcript(engine, aud
     ids; the engine puts the prefix back in front of them, as the CPU engine's transcript has it."""
     import torch
 
-    from whisper_stream.mel import batch_window_features_torch
+    from whisper_stream.dsp.mel import batch_window_features_torch
 
     clip = audio["ls_61-70968-0000"]
     (res,) = engine.transcribe_sync(

@@ -44,9 +44,9 @@ from client.kit import speech  # noqa: E402
 from client.kit.speech import Utterance, load_manifest, wer  # noqa: E402
 from client.protocol import finals_text  # noqa: E402
 from triton_launcher import Ports, TritonServer, free_ports  # noqa: E402
-from whisper_stream.endpointer import VadOptions  # noqa: E402
+from whisper_stream.core.endpointer import VadOptions  # noqa: E402
 from whisper_stream.engines.triton import TritonEngine  # noqa: E402
-from whisper_stream.ensemble_vad import vad_options_to_json  # noqa: E402
+from whisper_stream.triton.ensemble_vad import vad_options_to_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSEMBLE = "whisper_ensemble"

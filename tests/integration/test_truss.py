@@ -132,7 +132,7 @@ def build_context(truss_dir: Path, out: Path) -> Path:
 def test_image_build_context_bundles_the_package(tmp_path):
     """`truss image build-context` of what `make truss-push` pushes (the staged Truss): the whole packaging
     (Dockerfile, /packages) without Docker or network, the package files exactly as in the repository."""
-    from whisper_stream.truss_stage import stage
+    from whisper_stream.serving.truss_stage import stage
 
     out = build_context(stage("config.yaml", tmp_path / "truss"), tmp_path / "context")
     dockerfile = (out / "Dockerfile").read_text()
@@ -140,8 +140,9 @@ def test_image_build_context_bundles_the_package(tmp_path):
     assert "COPY --chown=root:root ./packages /packages" in dockerfile
     assert "silero-vad==6.2.3" in dockerfile
     packages = out / "packages"
-    for path in ("whisper_stream/driver.py", "whisper_stream/truss_runtime.py", "triton_launcher/__init__.py",
-                 "model_repository/whisper/config.pbtxt", "build_engine/__main__.py"):  # fmt: skip
+    for path in ("whisper_stream/serving/driver.py", "whisper_stream/serving/truss_runtime.py",
+                 "triton_launcher/__init__.py", "model_repository/whisper/config.pbtxt",
+                 "build_engine/__main__.py", "whisper_stream/serving/web/index.html"):  # fmt: skip
         assert (packages / path).read_bytes() == (ROOT / path).read_bytes(), path
     assert (out / "model" / "model.py").is_file()
 
@@ -149,7 +150,7 @@ def test_image_build_context_bundles_the_package(tmp_path):
 def test_the_cpu_variant_is_pushed_with_its_own_config(tmp_path):
     """truss rebuilds a Truss with external packages from its folder alone, dropping `--config`: the staged
     copy carries the chosen config as its only config.yaml, and real files where truss/bundle has symlinks."""
-    from whisper_stream.truss_stage import stage
+    from whisper_stream.serving.truss_stage import stage
 
     staged = stage("config.cpu.yaml", tmp_path / "truss")
     assert sorted(p.name for p in staged.glob("config*.yaml")) == ["config.yaml"]
@@ -284,7 +285,7 @@ async def test_bad_metadata_gets_the_same_error_as_the_standalone_server(truss_u
 
 def test_first_boot_engine_build_commands_are_accepted_by_build_engine(tmp_path):
     """What load() runs when no engines are cached, checked against build_engine's own CLI (dry run)."""
-    from whisper_stream.truss_runtime import EngineBuild
+    from whisper_stream.serving.truss_runtime import EngineBuild
 
     engine_dir = tmp_path / "whisper_large_v3_int8_b16"
     build = EngineBuild(engine_dir=engine_dir, work_dir=tmp_path, precision="int8")

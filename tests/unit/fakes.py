@@ -9,11 +9,11 @@ import numpy as np
 
 from whisper_stream.core.events import Cancel, Notice, Promote, Transcribe
 from whisper_stream.core.session import Session
-from whisper_stream.driver import EndAudio, Send
 from whisper_stream.engines.interface import Segment, TranscribeRequest, TranscribeResult
 from whisper_stream.protocols.baseten import BasetenProtocol
-from whisper_stream.stream_audio import StreamAudio
-from whisper_stream.transport import Close
+from whisper_stream.serving.driver import EndAudio, Send
+from whisper_stream.serving.stream_audio import StreamAudio
+from whisper_stream.serving.transport import Close
 
 SR = 16_000
 

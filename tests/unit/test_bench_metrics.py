@@ -11,7 +11,7 @@ from client.bench import metrics as bm
 from client.bench.cli import build_parser
 from client.bench.report import compare, format_table
 from client.protocol import Received, frame_samples
-from whisper_stream.audio import encode as encode_audio
+from whisper_stream.dsp.audio import encode as encode_audio
 
 
 def norm(text: str) -> str:

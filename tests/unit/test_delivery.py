@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from whisper_stream.delivery import InOrder
+from whisper_stream.core.delivery import InOrder
 
 
 def test_finals_leave_in_request_order():

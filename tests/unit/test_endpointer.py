@@ -7,9 +7,9 @@ import pytest
 
 from tests.unit.fakes import BasetenStream, pcm
 from whisper_stream.config import parse_metadata
+from whisper_stream.core.endpointer import Endpointer, VadOptions, speech_spans, trim_to_speech
 from whisper_stream.core.events import Transcribe
-from whisper_stream.endpointer import Endpointer, VadOptions, speech_spans, trim_to_speech
-from whisper_stream.vad import FRAME
+from whisper_stream.dsp.vad import FRAME
 
 SR = 16_000
 

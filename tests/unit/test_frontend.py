@@ -12,9 +12,9 @@ from client.kit.speech import load_audio, to_pcm16
 from whisper_stream.config import parse_metadata
 from whisper_stream.core.events import Transcribe
 from whisper_stream.core.session import Session
-from whisper_stream.frontend import GATHER_MAX_BYTES, FrontEnd, Ticket
-from whisper_stream.stream_audio import StreamAudio
-from whisper_stream.vad import SileroModel
+from whisper_stream.dsp.vad import SileroModel
+from whisper_stream.serving.frontend import GATHER_MAX_BYTES, FrontEnd, Ticket
+from whisper_stream.serving.stream_audio import StreamAudio
 
 FRAME_BYTES = 1024  # 32 ms of 16 kHz s16le, what clients send
 

@@ -1,4 +1,4 @@
-"""whisper_stream.mel against openai-whisper's own log_mel_spectrogram (torch) on real speech."""
+"""whisper_stream.dsp.mel against openai-whisper's own log_mel_spectrogram (torch) on real speech."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from client.kit.speech import BUNDLED_DATA, load_audio
-from whisper_stream import mel
+from whisper_stream.dsp import mel
 
 whisper = pytest.importorskip("whisper", reason="openai-whisper (reference implementation) not installed")
 torch = pytest.importorskip("torch", reason="torch (for the openai-whisper reference) not installed")

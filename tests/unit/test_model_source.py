@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from whisper_stream import model_integrity, model_source
-from whisper_stream.model_integrity import (
+from whisper_stream.engines import model_integrity, model_source
+from whisper_stream.engines.model_integrity import (
     DEFAULT_MODEL_SHA256,
     ModelIntegrityError,
     dir_mismatch,
@@ -46,7 +46,7 @@ def test_the_joined_default_model_is_the_pinned_bytes(cache):
 def test_a_cached_copy_with_one_byte_changed_is_rebuilt_never_served(cache, caplog, name):
     model_source.resolve_model(None)
     _flip_one_byte(cache / name)
-    with caplog.at_level(logging.WARNING, logger="whisper_stream.model_source"):
+    with caplog.at_level(logging.WARNING, logger="whisper_stream.engines.model_source"):
         served = Path(model_source.resolve_model(None))
     assert sha256_file(served / name) == DEFAULT_MODEL_SHA256[name]
     assert dir_mismatch(served, DEFAULT_MODEL_SHA256) is None

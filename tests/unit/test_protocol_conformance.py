@@ -12,13 +12,13 @@ import pytest
 
 from tests.unit.fakes import LoudnessVad, fake_result, pcm, silence, tone
 from whisper_stream.core.events import Transcribe
-from whisper_stream.driver import Audio, EndAudio, Send
 from whisper_stream.protocols import deepgram, openai_realtime
 from whisper_stream.protocols.deepgram import ParamError, parse_params
-from whisper_stream.runtime import Runtime
-from whisper_stream.scheduler import Scheduler
-from whisper_stream.stream_audio import StreamAudio
-from whisper_stream.transport import Close
+from whisper_stream.serving.driver import Audio, EndAudio, Send
+from whisper_stream.serving.runtime import Runtime
+from whisper_stream.serving.scheduler import Scheduler
+from whisper_stream.serving.stream_audio import StreamAudio
+from whisper_stream.serving.transport import Close
 
 BASE = "encoding=linear16&sample_rate=16000"
 
@@ -454,7 +454,7 @@ def test_deepgram_and_openai_ways_to_pass_the_key(headers, ok):
     from websockets.datastructures import Headers
     from websockets.http11 import Request
 
-    from whisper_stream.auth import authorized, select_subprotocol
+    from whisper_stream.serving.auth import authorized, select_subprotocol
 
     assert authorized(Request("/v1/listen", Headers(headers)), "K") is ok
     offered = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from whisper_stream.core.hallucination import REPEATED_RUN_WORDS, possible_hallucination, repeats_long_run
+from whisper_stream.engines.fallback import compression_ratio, needs_fallback, preferable
 from whisper_stream.engines.interface import Segment
-from whisper_stream.fallback import compression_ratio, needs_fallback, preferable
-from whisper_stream.hallucination import REPEATED_RUN_WORDS, possible_hallucination, repeats_long_run
 
 BODY = "Mr. John Dashwood had then leisure to consider how much there might be prudently in his power."
 SENTENCE = "And " + BODY
@@ -46,7 +46,7 @@ def test_a_long_repeat_that_survives_fallback_is_flagged():
 
 
 def test_the_ladder_re_decodes_only_failures_and_keeps_each_items_preferable_result():
-    from whisper_stream.fallback import decode_with_fallback
+    from whisper_stream.engines.fallback import decode_with_fallback
 
     good = Segment(0.0, 1.0, "a clear sentence", avg_logprob=-0.2)
     bad = Segment(0.0, 1.0, "mumble", avg_logprob=-2.0)  # under Whisper's log-prob threshold

@@ -8,7 +8,7 @@ import numpy as np
 
 from tests.unit.fakes import fake_result
 from whisper_stream.engines.interface import RequestError, TranscribeRequest
-from whisper_stream.scheduler import Job, Scheduler
+from whisper_stream.serving.scheduler import Job, Scheduler
 
 
 class RecordingEngine:

@@ -10,8 +10,8 @@ import pytest
 from tests.unit.fakes import SR, BasetenStream, LoudnessVad, fake_result, pcm, silence, tone
 from whisper_stream.config import parse_metadata
 from whisper_stream.core.events import Cancel, FlushAnswered, Promote, Transcribe
-from whisper_stream.driver import Send
-from whisper_stream.transport import Close
+from whisper_stream.serving.driver import Send
+from whisper_stream.serving.transport import Close
 
 
 def make(
@@ -455,7 +455,7 @@ def test_timing_info_is_attached_when_asked():
     [("pcm_mulaw", 8000, 1), ("pcm_f32le", 48000, 4), ("pcm_alaw", 8000, 1), ("pcm_s16le", 44100, 2)],
 )
 def test_other_encodings_and_rates_find_the_same_speech(encoding, rate, width):
-    from whisper_stream.audio import encode, resample
+    from whisper_stream.dsp.audio import encode, resample
 
     audio = np.concatenate([silence(1.0), tone(1.0), silence(1.0)])
     s = make_meta({"streaming_params": {"encoding": encoding, "sample_rate": rate}})

@@ -21,8 +21,8 @@ torch = pytest.importorskip("torch", reason="the TensorRT-LLM engine's code path
 from testing import trtllm_runner as stand_in  # noqa: E402
 from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest  # noqa: E402
 from whisper_stream.engines.tensorrt_llm import TensorRTLLMEngine, _shutdown  # noqa: E402
-from whisper_stream.triton_whisper_model import create_engine, option_errors  # noqa: E402
-from whisper_stream.whisper_tokens import SpecialTokens, WhisperTokenizer  # noqa: E402
+from whisper_stream.engines.whisper_tokens import SpecialTokens, WhisperTokenizer  # noqa: E402
+from whisper_stream.triton.whisper_model import create_engine, option_errors  # noqa: E402
 
 VOCAB = 51865  # Whisper base: 99 languages
 SP = SpecialTokens.from_vocab_size(VOCAB)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from whisper_stream.core.hallucination import filter_segments
 from whisper_stream.engines.interface import Segment
-from whisper_stream.hallucination import filter_segments
 
 
 def seg(text: str, **kw: float) -> Segment:

@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from client.kit.speech import load_audio
-from whisper_stream import vad_graph
-from whisper_stream.vad import FRAME, SileroModel, default_model_path, to_frames
+from whisper_stream.dsp import vad_graph
+from whisper_stream.dsp.vad import FRAME, SileroModel, default_model_path, to_frames
 
 
 @pytest.fixture(scope="module")

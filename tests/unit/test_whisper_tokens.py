@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from whisper_stream.whisper_tokens import (
+from whisper_stream.engines.whisper_tokens import (
     LANGUAGE_CODES,
     SpecialTokens,
     WhisperTokenizer,

@@ -1,8 +1,8 @@
 """Truss entry point: Baseten's WebSocket -> the same `whisper_stream` driver as the standalone server.
 
-Thin on purpose: `load()` and the per-connection loop live in `whisper_stream.truss_runtime` (bundled through
-`external_package_dirs`). The engine (Triton on GPU, in-process CTranslate2 for the CPU variant) follows the
-config's `environment_variables`.
+Thin on purpose: `load()` and the per-connection loop live in `whisper_stream.serving.truss_runtime`
+(bundled through `external_package_dirs`). The engine (Triton on GPU, in-process CTranslate2 for the CPU
+variant) follows the config's `environment_variables`.
 """
 
 import sys
@@ -18,8 +18,8 @@ for _root in (Path("/packages"), Path(__file__).resolve().parents[2]):
             sys.path.insert(0, str(_root))
         break
 
-from whisper_stream.starlette_transport import StarletteTransport  # noqa: E402
-from whisper_stream.truss_runtime import TrussRuntime  # noqa: E402
+from whisper_stream.serving.starlette_transport import StarletteTransport  # noqa: E402
+from whisper_stream.serving.truss_runtime import TrussRuntime  # noqa: E402
 
 
 class Model:

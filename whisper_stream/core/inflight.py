@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from whisper_stream.core.delivery import InOrder
 from whisper_stream.core.events import (
     Action,
     Cancel,
@@ -32,11 +33,10 @@ from whisper_stream.core.events import (
     Transcribe,
     Transcript,
 )
+from whisper_stream.core.hallucination import possible_hallucination
 from whisper_stream.core.settings import Settings
 from whisper_stream.core.transcripts import transcript_of_request
-from whisper_stream.delivery import InOrder
 from whisper_stream.engines.interface import SAMPLE_RATE, DecodeOptions, TranscribeRequest, TranscribeResult
-from whisper_stream.hallucination import possible_hallucination
 
 PREVIOUS_TEXT_CHARS = 600  # bound on the previous finals used as prompt (~150 tokens, half Whisper's limit)
 

@@ -17,9 +17,9 @@ from typing import Literal
 
 import numpy as np
 
-from whisper_stream.endpointer import Endpointer, silence_frames
+from whisper_stream.core.endpointer import Endpointer, silence_frames
+from whisper_stream.dsp.vad import FRAME
 from whisper_stream.engines.interface import SAMPLE_RATE
-from whisper_stream.vad import FRAME
 
 MIN_SPEECH_FRAMES = 5  # less speech than 160 ms is a click or a breath, not a word: never sent to Whisper
 # A pause this long ends a segment that reached `pause_final_after_s`: Silero's own rule for splitting long

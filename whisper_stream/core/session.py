@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from whisper_stream.audio import normalize_loudness
 from whisper_stream.config import StreamConfig
 from whisper_stream.core.events import (
     Action,
@@ -31,8 +30,9 @@ from whisper_stream.core.inflight import InFlight, Request
 from whisper_stream.core.segmenter import MIN_SPEECH_FRAMES, Segmenter
 from whisper_stream.core.settings import Settings
 from whisper_stream.core.transcripts import transcript_of
+from whisper_stream.dsp.audio import normalize_loudness
+from whisper_stream.dsp.vad import FRAME
 from whisper_stream.engines.interface import SAMPLE_RATE, TranscribeResult
-from whisper_stream.vad import FRAME
 
 
 class Session:

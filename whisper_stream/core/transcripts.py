@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from whisper_stream.core.events import Cause, Segment, Transcript, Word
+from whisper_stream.core.hallucination import filter_segments
 from whisper_stream.engines.interface import DecodeOptions, TranscribeResult
-from whisper_stream.hallucination import filter_segments
 
 if TYPE_CHECKING:
     from whisper_stream.core.inflight import Request

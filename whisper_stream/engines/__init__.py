@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from whisper_stream.engines.interface import Engine
-from whisper_stream.settings import ServerSettings
+
+if TYPE_CHECKING:  # settings reads the default model's name from this package: no import cycle
+    from whisper_stream.settings import ServerSettings
 
 
 def create_engine(settings: ServerSettings) -> Engine:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from faster_whisper.transcribe import merge_punctuations
 
+from whisper_stream.dsp.mel import content_frames
+from whisper_stream.engines.fallback import compression_ratio, decode_with_fallback
 from whisper_stream.engines.interface import (
     MAX_WINDOW_S,
     SAMPLE_RATE,
@@ -31,11 +33,9 @@ from whisper_stream.engines.interface import (
     Word,
     generation_key,
 )
-from whisper_stream.fallback import compression_ratio, decode_with_fallback
-from whisper_stream.language import choose_language
-from whisper_stream.mel import content_frames
-from whisper_stream.model_source import resolve_model
-from whisper_stream.whisper_tokens import MAX_PREV_TOKENS, check_prefix_tokens, ctranslate2_max_length
+from whisper_stream.engines.language import choose_language
+from whisper_stream.engines.model_source import resolve_model
+from whisper_stream.engines.whisper_tokens import MAX_PREV_TOKENS, check_prefix_tokens, ctranslate2_max_length
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class CTranslate2Engine:
 
     def _mel(self, audio: np.ndarray, frames: int = N_FRAMES) -> np.ndarray:
         """Encoder input: the full 30 s window as whisper's and faster-whisper's `transcribe()` build it (zero
-        log-mel frames after the audio, `whisper_stream.mel.window_features`); a shortened context padded
+        log-mel frames after the audio, `whisper_stream.dsp.mel.window_features`); a shortened context padded
         with the log-mel of silence (zero samples), with which it was tuned: zero frames there made greedy
         decoding worse on `make bench-beam`'s windows (WER 17.0 % vs 14.5 %, "Portionionion..." on one)."""
         audio = audio[:N_SAMPLES].astype(np.float32, copy=False)

@@ -8,12 +8,12 @@ WHISPER_STREAM_TRTLLM_RUNNER=faithful the CPU stand-in `testing.trtllm_runner` (
 `generate()` and output layout, backed by the default CTranslate2 model) on which CI runs this engine end
 to end; a repository checkout has it, an installed server does not.
 
-- Features: one batched `torch.stft` on the runner's device (`whisper_stream.mel.batch_window_features_torch`,
-  Whisper's exact definition), 128 bins for large-v3, each window's own frames then 0.0 frames up to 3000
-  (30 s), as whisper's `transcribe()` builds a window; passed as (frames, n_mels) fp16 with
-  `encoder_output_lengths = frames // 2`.
-- Prompt: `whisper_stream.whisper_tokens` (previous text, sot, language, task, no-timestamps, prefix), cut to
-  the decoder's built `max_input_len`.
+- Features: one batched `torch.stft` on the runner's device
+  (`whisper_stream.dsp.mel.batch_window_features_torch`, Whisper's exact definition), 128 bins for
+  large-v3, each window's own frames then 0.0 frames up to 3000 (30 s), as whisper's `transcribe()`
+  builds a window; passed as (frames, n_mels) fp16 with `encoder_output_lengths = frames // 2`.
+- Prompt: `whisper_stream.engines.whisper_tokens` (previous text, sot, language, task, no-timestamps,
+  prefix), cut to the decoder's built `max_input_len`.
 - First step, for every request, one shared one-step call with `output_generation_logits=True`: the prompt up
   to `<|startoftranscript|>` (just `[sot]` where the language is detected). Its logits give Whisper's
   no-speech probability (`<|nospeech|>` after sot) for every request, and the language where
@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from whisper_stream.dsp.mel import N_FRAMES, batch_window_features_torch
+from whisper_stream.engines.fallback import compression_ratio, decode_with_fallback
 from whisper_stream.engines.interface import (
     SAMPLE_RATE,
     DecodeOptions,
@@ -60,10 +62,8 @@ from whisper_stream.engines.interface import (
     TranscribeResult,
     generation_key,
 )
-from whisper_stream.fallback import compression_ratio, decode_with_fallback
-from whisper_stream.language import choose_language
-from whisper_stream.mel import N_FRAMES, batch_window_features_torch
-from whisper_stream.whisper_tokens import (
+from whisper_stream.engines.language import choose_language
+from whisper_stream.engines.whisper_tokens import (
     SpecialTokens,
     WhisperTokenizer,
     check_prefix_tokens,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from whisper_stream.endpointer import VadOptions
+from whisper_stream.core.endpointer import VadOptions
 from whisper_stream.engines.interface import (
     DecodeOptions,
     EngineUnavailable,
@@ -28,8 +28,8 @@ from whisper_stream.engines.interface import (
     options_to_json,
     result_from_json,
 )
-from whisper_stream.ensemble_vad import vad_options_to_json
-from whisper_stream.whisper_tokens import LANGUAGE_CODES
+from whisper_stream.engines.whisper_tokens import LANGUAGE_CODES
+from whisper_stream.triton.ensemble_vad import vad_options_to_json
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import json
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
-from whisper_stream.driver import StreamProtocol
 from whisper_stream.protocols import baseten, deepgram, openai_realtime
-from whisper_stream.runtime import Runtime
+from whisper_stream.serving.driver import StreamProtocol
+from whisper_stream.serving.runtime import Runtime
 
 PATHS = (deepgram.PATH, openai_realtime.PATH)
 

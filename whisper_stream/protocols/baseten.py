@@ -19,9 +19,9 @@ from typing import Any
 from whisper_stream.config import ConfigError, merge_update, parse_metadata, short
 from whisper_stream.core.events import Finished, Notice, Result, Segment, Transcript
 from whisper_stream.core.session import Session
-from whisper_stream.driver import Audio, EndAudio, Out, Send
-from whisper_stream.runtime import Limits, Runtime
-from whisper_stream.transport import (
+from whisper_stream.serving.driver import Audio, EndAudio, Out, Send
+from whisper_stream.serving.runtime import Limits, Runtime
+from whisper_stream.serving.transport import (
     CLOSE_INVALID,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,

@@ -27,9 +27,9 @@ import numpy as np
 from whisper_stream.config import ConfigError, StreamConfig, StreamingParams, VadConfig, WhisperParams
 from whisper_stream.core.events import Finished, FlushAnswered, Notice, Result, Transcript, TurnEvent
 from whisper_stream.core.session import Session
-from whisper_stream.driver import Audio, EndAudio, Out, Send
-from whisper_stream.runtime import Limits, Runtime
-from whisper_stream.transport import Close, Transport
+from whisper_stream.serving.driver import Audio, EndAudio, Out, Send
+from whisper_stream.serving.runtime import Limits, Runtime
+from whisper_stream.serving.transport import Close, Transport
 
 PATH = "/v1/listen"
 ENDPOINTING_FLOOR_MS = 300  # below this Whisper gets phrase fragments; Deepgram's 10 / 25 ms become 300

@@ -28,9 +28,9 @@ from typing import Any
 from whisper_stream.config import ConfigError, StreamConfig, StreamingParams, VadConfig, WhisperParams, short
 from whisper_stream.core.events import Finished, FlushAnswered, Notice, Result, Transcript, TurnEvent
 from whisper_stream.core.session import Session
-from whisper_stream.driver import Audio, Out, Send
-from whisper_stream.runtime import Limits, Runtime
-from whisper_stream.transport import Close, Transport
+from whisper_stream.serving.driver import Audio, Out, Send
+from whisper_stream.serving.runtime import Limits, Runtime
+from whisper_stream.serving.transport import Close, Transport
 
 PATH = "/v1/realtime"
 PARTIAL_INTERVAL_S = 1.0

@@ -1,10 +1,10 @@
-"""Triton adapter: tensors <-> whisper_stream.ensemble_vad.trim_windows (Silero VAD, batched)."""
+"""Triton adapter: tensors <-> whisper_stream.triton.ensemble_vad.trim_windows (Silero VAD, batched)."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from whisper_stream.ensemble_vad import trim_windows, vad_options_from_json
-from whisper_stream.vad import SileroModel
+from whisper_stream.dsp.vad import SileroModel
+from whisper_stream.triton.ensemble_vad import trim_windows, vad_options_from_json
 
 
 def _text(request, name: str) -> str:

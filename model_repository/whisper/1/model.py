@@ -1,4 +1,5 @@
-"""Triton adapter: tensors <-> whisper_stream.ensemble_vad.transcribe_speech with the configured engine."""
+"""Triton adapter: tensors <-> `whisper_stream.triton.ensemble_vad.transcribe_speech` with the configured
+engine."""
 
 import json
 
@@ -6,8 +7,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from whisper_stream.engines.interface import options_from_json, result_to_json
-from whisper_stream.ensemble_vad import SpeechWindow, transcribe_speech
-from whisper_stream.triton_whisper_model import (
+from whisper_stream.triton.ensemble_vad import SpeechWindow, transcribe_speech
+from whisper_stream.triton.whisper_model import (
     close_engine,
     config_parameters,
     create_engine,

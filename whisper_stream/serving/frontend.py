@@ -30,8 +30,8 @@ import numpy as np
 
 from whisper_stream.core.events import Action
 from whisper_stream.core.session import Session
-from whisper_stream.stream_audio import StreamAudio
-from whisper_stream.vad import SileroModel, SileroStream
+from whisper_stream.dsp.vad import SileroModel, SileroStream
+from whisper_stream.serving.stream_audio import StreamAudio
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-TRUSS_DIR = Path(__file__).resolve().parent.parent / "truss"
+TRUSS_DIR = Path(__file__).resolve().parents[2] / "truss"
 DEFAULT_OUT = TRUSS_DIR.parent / "build" / "truss"
 
 
@@ -32,7 +32,7 @@ def stage(config: str = "config.yaml", out: Path = DEFAULT_OUT, src: Path = TRUS
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m whisper_stream.truss_stage", description=__doc__.split("\n\n")[0]
+        prog="python -m whisper_stream.serving.truss_stage", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--config", default="config.yaml", help="config.yaml (GPU) or config.cpu.yaml")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -74,7 +74,7 @@ class SileroModel:
         """Use the unfolded graph when it gives the original's numbers on a probe; else keep the original."""
         import onnxruntime as ort
 
-        from whisper_stream import vad_graph
+        from whisper_stream.dsp import vad_graph
 
         probe = _probe(self._sr)
         try:

@@ -23,15 +23,16 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from whisper_stream import auth, metrics, protocols, web_page
-from whisper_stream.driver import serve_stream
+from whisper_stream import protocols
+from whisper_stream.dsp.vad import SileroModel
 from whisper_stream.engines import create_engine
 from whisper_stream.engines.interface import Engine
-from whisper_stream.runtime import Limits, Runtime
-from whisper_stream.scheduler import Scheduler
+from whisper_stream.serving import auth, metrics, web_page
+from whisper_stream.serving.driver import serve_stream
+from whisper_stream.serving.runtime import Limits, Runtime
+from whisper_stream.serving.scheduler import Scheduler
+from whisper_stream.serving.transport import TransportClosed
 from whisper_stream.settings import ServerSettings
-from whisper_stream.transport import TransportClosed
-from whisper_stream.vad import SileroModel
 
 log = logging.getLogger(__name__)
 

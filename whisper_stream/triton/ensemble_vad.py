@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from whisper_stream.endpointer import VadOptions, trim_to_speech
+from whisper_stream.core.endpointer import VadOptions, trim_to_speech
+from whisper_stream.dsp.vad import SileroModel, to_frames
 from whisper_stream.engines.interface import DecodeOptions, TranscribeRequest, TranscribeResult
-from whisper_stream.vad import SileroModel, to_frames
 
 
 @dataclass(frozen=True)

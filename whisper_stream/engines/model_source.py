@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from whisper_stream.model_integrity import (
+from whisper_stream.engines.model_integrity import (
     DEFAULT_MODEL_SHA256,
     PACKAGE_SHA256,
     ModelIntegrityError,

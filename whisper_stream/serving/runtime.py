@@ -21,10 +21,10 @@ from typing import Any
 
 from whisper_stream.config import ConfigError, StreamConfig
 from whisper_stream.core.session import Session
-from whisper_stream.frontend import FrontEnd
-from whisper_stream.scheduler import Scheduler
-from whisper_stream.transport import CLOSE_GOING_AWAY, Transport
-from whisper_stream.vad import SileroModel
+from whisper_stream.dsp.vad import SileroModel
+from whisper_stream.serving.frontend import FrontEnd
+from whisper_stream.serving.scheduler import Scheduler
+from whisper_stream.serving.transport import CLOSE_GOING_AWAY, Transport
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ package republished under the same version, or a cached copy altered in place, w
 Every file is hashed at every load (0.1 s for the 145 MB on a CPU with SHA extensions, about 0.6 s with a
 software SHA-256): no size/mtime stamp, because a stamp can be rewritten by whoever can rewrite the model.
 
-    python -m whisper_stream.model_integrity DIR SHA256SUMS   # any model directory against a manifest
+    python -m whisper_stream.engines.model_integrity DIR SHA256SUMS   # any model directory against a manifest
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def read_manifest(path: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m whisper_stream.model_integrity MODEL_DIR SHA256SUMS", file=sys.stderr)
+        print("usage: python -m whisper_stream.engines.model_integrity MODEL_DIR SHA256SUMS", file=sys.stderr)
         return 2
     problem = dir_mismatch(Path(args[0]), read_manifest(Path(args[1])))
     print(problem or f"{args[0]}: every file matches {args[1]}", file=sys.stderr if problem else sys.stdout)

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from whisper_stream.mel import whisper_assets_dir
+from whisper_stream.dsp.mel import whisper_assets_dir
 
 # Language codes in token order (openai-whisper tokenizer.LANGUAGES); large-v3 uses all 100, older 99.
 LANGUAGE_CODES: tuple[str, ...] = tuple(

@@ -21,15 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from whisper_stream import metrics
 from whisper_stream.core.events import Action, Cancel, Notice, Promote, Result, Transcribe, Transcript
 from whisper_stream.core.session import Session
 from whisper_stream.engines.interface import TranscribeResult
-from whisper_stream.frontend import GATHER_MAX_BYTES, Ticket
-from whisper_stream.runtime import Limits, Runtime
-from whisper_stream.scheduler import Job
-from whisper_stream.stream_audio import StreamAudio
-from whisper_stream.transport import (
+from whisper_stream.serving import metrics
+from whisper_stream.serving.frontend import GATHER_MAX_BYTES, Ticket
+from whisper_stream.serving.runtime import Limits, Runtime
+from whisper_stream.serving.scheduler import Job
+from whisper_stream.serving.stream_audio import StreamAudio
+from whisper_stream.serving.transport import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_POLICY,

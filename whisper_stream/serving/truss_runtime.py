@@ -35,16 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from triton_launcher import DEFAULT_REPOSITORY, Ports, TritonServer, has_gpu
-from whisper_stream.driver import serve_stream
 from whisper_stream.protocols.baseten import BasetenProtocol
-from whisper_stream.runtime import Runtime
-from whisper_stream.server import build_runtime
+from whisper_stream.serving.driver import serve_stream
+from whisper_stream.serving.runtime import Runtime
+from whisper_stream.serving.server import build_runtime
+from whisper_stream.serving.transport import Transport
 from whisper_stream.settings import ServerSettings
-from whisper_stream.transport import Transport
 
 log = logging.getLogger(__name__)
 
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # /packages inside a Truss image
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # /packages inside a Truss image
 IMAGE_TRITON = Path("/opt/tritonserver/bin/tritonserver")  # where NVIDIA's images install it
 # Measured by nobody yet on an H100 (see README): download ~3 GB + convert + two trtllm-build runs.
 FIRST_BOOT_BUILD_ESTIMATE = "about 10-15 minutes"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from whisper_stream.audio import AudioDecoder
-from whisper_stream.vad import FRAME, SpeechProbability
+from whisper_stream.dsp.audio import AudioDecoder
+from whisper_stream.dsp.vad import FRAME, SpeechProbability
 
 
 class StreamAudio:

@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from whisper_stream import metrics
 from whisper_stream.engines.interface import (
     Engine,
     EngineUnavailable,
@@ -39,6 +38,7 @@ from whisper_stream.engines.interface import (
     TranscribeRequest,
     TranscribeResult,
 )
+from whisper_stream.serving import metrics
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import contextlib
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from whisper_stream.transport import TransportClosed
+from whisper_stream.serving.transport import TransportClosed
 
 
 class StarletteTransport:

@@ -7,8 +7,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from whisper_stream.core.hallucination import is_silence, repeats_long_run
 from whisper_stream.engines.interface import COMPRESSION_RATIO_THRESHOLD, LOG_PROB_THRESHOLD, Segment
-from whisper_stream.hallucination import is_silence, repeats_long_run
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
-"""The browser page (`GET /`): plain files in `whisper_stream/web/` (no build step, no CDN), served as they
-are, from memory, with a Content-Security-Policy that lets the page talk to this server only. How a browser
-passes the API key: `auth.py`.
+"""The browser page (`GET /`): plain files in `whisper_stream/serving/web/` (no build step, no CDN), served
+as they are, from memory, with a Content-Security-Policy that lets the page talk to this server only. How a
+browser passes the API key: `auth.py`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CSP = (
 
 def _load() -> dict[str, tuple[bytes, str]]:
     files: dict[str, tuple[bytes, str]] = {}
-    for entry in resources.files("whisper_stream").joinpath("web").iterdir():
+    for entry in resources.files("whisper_stream.serving").joinpath("web").iterdir():
         suffix = "." + entry.name.rsplit(".", 1)[-1]
         if entry.is_file() and suffix in _TYPES:
             files["/" + entry.name] = (entry.read_bytes(), _TYPES[suffix])

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from whisper_stream.vad import FRAME, SAMPLE_RATE
+from whisper_stream.dsp.vad import FRAME, SAMPLE_RATE
 
 NEG_OFFSET = 0.15  # speech ends when p < threshold - 0.15 (Silero's reference iterator)
 

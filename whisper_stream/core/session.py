@@ -24,12 +24,11 @@ from whisper_stream.core.events import (
     Notice,
     RequestKind,
     Transcribe,
-    TurnEvent,
 )  # fmt: skip
 from whisper_stream.core.inflight import InFlight, Request
 from whisper_stream.core.segmenter import MIN_SPEECH_FRAMES, Segmenter
 from whisper_stream.core.settings import Settings
-from whisper_stream.core.transcripts import transcript_of
+from whisper_stream.core.turns import Turns
 from whisper_stream.dsp.audio import normalize_loudness
 from whisper_stream.dsp.vad import FRAME
 from whisper_stream.engines.interface import SAMPLE_RATE, TranscribeResult
@@ -57,12 +56,10 @@ class Session:
         self._seg = Segmenter(self.settings.rules)
         self._flight = InFlight()
         self._number = 0  # the open (or next) final's number
-        self._utterance = 0
+        self._turns = Turns()
         self._since_partial = 0
         self._processing_s = 0.0
         self._spec_run: int | None = None  # the silence run the latest speculative decode was started for
-        self._last_piece: Request | None = None  # the open utterance's latest cut final
-        self._speech_end: int | None = None  # end of the latest utterance, until utterance_end is reported
         self._ending = self._going_away = self.finished = False
 
     @property
@@ -121,8 +118,9 @@ class Session:
         actions: list[Action] = []
         if self._seg.in_speech:
             actions = self._flight.cancel_partial() + self._flight.drop_spec()
-            self._number, self._utterance = self._number + 1, self._utterance + 1
-            self._flight.cond.utterance_language, self._last_piece = None, None
+            self._number += 1
+            self._turns.dropped()
+            self._flight.cond.utterance_language = None
             self._apply_pending()
         self._seg.drop()
         return actions
@@ -175,13 +173,13 @@ class Session:
             return self._utterance_end_event()
         if step == "start" and use_vad:
             self._since_partial = seg.end - seg.seg_start
-            return [TurnEvent("speech_started", (seg.end - FRAME) / SAMPLE_RATE, self._utterance)]
+            return [self._turns.event("speech_started", seg.end - FRAME)]
         spec, actions = self._flight.spec, []
         if spec is not None and seg.silence_start != spec.silence_start:
             actions += self._flight.drop_spec()  # speech resumed: the speculative result is never sent
         if step == "end":
             end = seg.endpoint_end()
-            stopped = TurnEvent("speech_stopped", end / SAMPLE_RATE, self._utterance)
+            stopped = self._turns.event("speech_stopped", end)
             return [*actions, stopped, *self._close(end, cause="endpoint")]
         self._since_partial = FRAME if step == "start" else self._since_partial + FRAME
         if not use_vad:  # fixed-length segments; one the VAD heard no speech in is discarded
@@ -222,22 +220,24 @@ class Session:
         window = self._seg.close(end)
         actions = self._flight.cancel_partial()
         # after a cut, even a short last word is speech of an utterance that passed the click test
-        has_final = speech_frames >= MIN_SPEECH_FRAMES or self._last_piece is not None and speech_frames > 0
+        piece = self._turns.last_piece
+        has_final = speech_frames >= MIN_SPEECH_FRAMES or piece is not None and speech_frames > 0
         has_final = has_final and window[1] > window[0]
         ready: list[Request] = []
         results: list[Action] = []  # after the turn's end: a client hears of the turn's end first
         if has_final:
             acts, ready = self._final(window, end_of_audio, urgent, cause, continues=False)
             actions += acts
-            self._number, self._speech_end = self._number + 1, end
+            self._number += 1
         else:
             actions += self._flight.drop_spec()
-            if self._last_piece is not None:  # only silence (or a click) after a cut: its final ends the turn
-                results = self._piece_ends_utterance(cause, end_of_audio)
-                self._speech_end, has_final = end, True
-        actions.append(TurnEvent("end_of_turn", end / SAMPLE_RATE, self._utterance, cause, has_final))
-        self._utterance += 1
-        self._last_piece, self._flight.cond.utterance_language = None, None
+            if piece is not None:  # only silence (or a click) after a cut: its final ends the turn
+                floor, number = self._seg.floor, self._number
+                results = self._turns.piece_ends(self._flight, cause, end_of_audio, floor, number)
+                self._number += end_of_audio  # numbered: Baseten sends it, as end_audio's flush is answered
+                has_final = True
+        actions.append(self._turns.ended(end, cause, has_final))
+        self._flight.cond.utterance_language = None
         self._seg.after_close(end)
         self._apply_pending()
         return actions + results + (self._deliver(ready) if ready else [])
@@ -258,7 +258,7 @@ class Session:
         spec = self._flight.take_spec(window, self.settings)
         if spec is not None:
             processing, self._processing_s = self._processing_s, 0.0
-            self._last_piece = spec if continues else None
+            self._turns.last_piece = spec if continues else None
             ready, actions = self._flight.confirm(
                 spec, cause=cause, continues=continues, urgent=urgent, end_of_audio=end_of_audio,
                 processing_s=processing,
@@ -266,37 +266,12 @@ class Session:
             return actions, ready
         actions = self._flight.drop_spec()
         t = self._request("final", window, end_of_audio, urgent, cause, continues)
-        self._last_piece = self._flight.table[t.request_id] if continues else None
+        self._turns.last_piece = self._flight.table[t.request_id] if continues else None
         return [*actions, t], []
 
-    def _piece_ends_utterance(self, cause: Cause, end_of_audio: bool) -> list[Action]:
-        """Nothing after the utterance's last cut: that piece, still on its way, becomes its last final;
-        already sent, an empty final carries the end (numbered when end_audio's flush mark must be sent)."""
-        piece = self._last_piece
-        assert piece is not None
-        piece.cause, piece.continues, piece.end_of_audio = cause, False, piece.end_of_audio or end_of_audio
-        if self._flight.delivery.last() == piece.id:
-            return []
-        end_s = self._seg.floor / SAMPLE_RATE
-        language = self._flight.cond.last_language or piece.options.language or ""
-        empty = transcript_of(
-            None, kind="final", number=self._number, utterance=self._utterance, start_s=end_s, end_s=end_s,
-            language=language, cause=cause, end_of_audio=end_of_audio,
-        )  # fmt: skip
-        self._number += end_of_audio
-        return [empty]
-
     def _utterance_end_event(self) -> list[Action]:
-        ms = self.settings.utterance_end_ms
-        if (
-            ms is None
-            or self._speech_end is None
-            or self._flight.finals_outstanding
-            or self._seg.end - self._speech_end < ms * SAMPLE_RATE // 1000
-        ):
-            return []
-        end, self._speech_end = self._speech_end, None
-        return [TurnEvent("utterance_end", end / SAMPLE_RATE, self._utterance - 1)]
+        outstanding, ms = self._flight.finals_outstanding, self.settings.utterance_end_ms
+        return self._turns.utterance_end(self._seg.end, outstanding, ms)
 
     def _request(
         self, kind: RequestKind, window: tuple[int, int], end_of_audio: bool = False, urgent: bool = False,
@@ -306,9 +281,9 @@ class Session:
         if self.settings.config.whisper_params.use_dynamic_preprocessing:
             audio = normalize_loudness(audio)
         t = self._flight.request(
-            kind, window, audio, self.settings, number=self._number, utterance=self._utterance, urgent=urgent,
-            continues=continues, cause=cause, end_of_audio=end_of_audio, processing_s=self._processing_s,
-            silence_start=self._seg.silence_start,
+            kind, window, audio, self.settings, number=self._number, utterance=self._turns.utterance,
+            urgent=urgent, continues=continues, cause=cause, end_of_audio=end_of_audio,
+            processing_s=self._processing_s, silence_start=self._seg.silence_start,
         )  # fmt: skip
         self._processing_s = 0.0 if kind == "final" else self._processing_s
         return t

@@ -18,6 +18,7 @@ from client.bench.report import NORMALIZERS, aggregate, compare, loadavg, machin
 from client.bench.workload import build_streams, client_flushes, select_utterances
 from client.kit.speech import SR, JoinedStream, to_pcm16, wer
 from client.protocol import StreamResult, is_transcription, metadata_from_args, stream_pcm
+from whisper_stream.core.endpointer import VadOptions
 
 
 @dataclass
@@ -150,7 +151,7 @@ async def stream_one(
         timeout_s=args.drain_timeout_s,
         on_progress=progress.tracker(),
         flush_after=set(after_frame or ()),
-        vad=wire.Vad(args.vad_threshold, args.min_silence_ms, args.speech_pad_ms),
+        vad=VadOptions(args.vad_threshold, args.min_silence_ms, args.speech_pad_ms),
     )
 
 

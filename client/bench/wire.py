@@ -11,7 +11,6 @@ import asyncio
 import base64
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -19,18 +18,11 @@ import numpy as np
 import websockets
 
 from client.protocol import Received, StreamResult
+from whisper_stream.core.endpointer import VadOptions
 
 PROTOCOLS = ("baseten", "deepgram", "openai")
 FRAME_S = 0.032  # what every client here sends per message: 512 samples at 16 kHz
-
-
-@dataclass(frozen=True)
-class Vad:
-    """The Baseten metadata's VAD settings, given to the other protocols in their own terms."""
-
-    threshold: float = 0.5
-    min_silence_ms: int = 300
-    speech_pad_ms: int = 30
+DEFAULT_VAD = VadOptions(0.5, 300, 30)  # the Baseten metadata's defaults, in the other protocols' terms
 
 
 def base_url(url: str) -> str:
@@ -87,7 +79,7 @@ async def stream_deepgram(
     on_progress: Any = None,
     model: str = "nova-3",
     flush_after: set[int] | frozenset[int] = frozenset(),
-    vad: Vad = Vad(),
+    vad: VadOptions = DEFAULT_VAD,
 ) -> StreamResult:
     query = {
         "encoding": "linear16",
@@ -96,7 +88,7 @@ async def stream_deepgram(
         "model": model,
         "punctuate": "true",
         "interim_results": str(partials).lower(),
-        "endpointing": vad.min_silence_ms,
+        "endpointing": vad.min_silence_duration_ms,
     }
     target = f"{base_url(url)}/v1/listen?{urlencode(query)}"
     headers = {"Authorization": f"Token {api_key}"} if api_key else {}
@@ -144,7 +136,7 @@ async def stream_openai(
     on_progress: Any = None,
     model: str = "gpt-4o-transcribe",
     flush_after: set[int] | frozenset[int] = frozenset(),
-    vad: Vad = Vad(),
+    vad: VadOptions = DEFAULT_VAD,
 ) -> StreamResult:
     import soxr
 
@@ -174,7 +166,7 @@ async def stream_openai(
                     "type": "server_vad",
                     "threshold": vad.threshold,
                     "prefix_padding_ms": vad.speech_pad_ms,
-                    "silence_duration_ms": vad.min_silence_ms,
+                    "silence_duration_ms": vad.min_silence_duration_ms,
                 },
             }
         },

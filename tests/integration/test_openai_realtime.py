@@ -42,7 +42,9 @@ def session(turn_detection: object = "default", **transcription: object) -> dict
     return {"type": "transcription", "audio": {"input": audio_input}}
 
 
-async def run(server, pcm: bytes, session_update: dict, *, commit: bool, until_completed: int):
+async def run(
+    server, pcm: bytes, session_update: dict, *, commit: bool, until_completed: int, chunk_s: float = CHUNK_S
+):
     client = AsyncOpenAI(api_key="unused", base_url=f"http://127.0.0.1:{server.port}/v1")
     got: list[tuple[float, object]] = []
     async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
@@ -55,10 +57,10 @@ async def run(server, pcm: bytes, session_update: dict, *, commit: bool, until_c
                     return
 
         task = asyncio.create_task(reader())
-        step = int(24000 * CHUNK_S) * 2
+        step = int(24000 * chunk_s) * 2
         for i in range(0, len(pcm), step):
             await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + step]).decode())
-            await asyncio.sleep(CHUNK_S / SPEED)
+            await asyncio.sleep(chunk_s / SPEED)
         sent = time.monotonic()
         if commit:
             await conn.input_audio_buffer.commit()
@@ -91,6 +93,19 @@ async def test_commit_ends_a_client_committed_turn_fast(server, speech):
     t, done = next((t, e) for t, e in got if e.type == COMPLETED)
     assert done.transcript and "input_audio_buffer.committed" in types
     print(f"commit -> completed in {t - sent:.2f} s")
+
+
+async def test_an_append_of_seconds_of_audio_is_taken_as_audio_not_refused_as_a_large_control(server, speech):
+    """1 s of 24 kHz audio is 65 KB of base64 (OpenAI takes up to 15 MiB an event): once closed with 1009
+    as a control message over 64 KiB."""
+    utterance = speech["ls_61-70968-0000"]
+    pcm = pcm24(load_audio(utterance.path))
+    assert len(base64.b64encode(pcm)) > 4 * (64 << 10)
+    got, _ = await run(
+        server, pcm, session(turn_detection=None), commit=True, until_completed=1, chunk_s=10.0
+    )
+    (done,) = [e for _, e in got if e.type == COMPLETED]
+    assert wer([utterance.text], [done.transcript]) < 0.2 and not [e for _, e in got if e.type == "error"]
 
 
 async def test_bad_input_gets_openai_error_events(server):

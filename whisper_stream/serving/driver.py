@@ -483,11 +483,14 @@ class StreamLoop:
     def _handle(self, message: str | bytes) -> None:
         protocol, limits, now = self.protocol, self.limits, time.time()
         size = len(message) + MESSAGE_OVERHEAD_BYTES
-        if isinstance(message, str) and len(message.encode("utf-8", "replace")) > limits.max_text_bytes:
-            self._release(size)
-            text = f"text frame over {limits.max_text_bytes} bytes: control messages are small"
-            self._take(self._failure("STREAM_ERROR", text, CLOSE_TOO_BIG))
-            return
+        if isinstance(message, str):
+            audio = protocol.audio_only(message)  # an audio event is bounded as audio, not as a control
+            bound = limits.max_audio_event_bytes if audio else limits.max_text_bytes
+            if len(message.encode("utf-8", "replace")) > bound:
+                self._release(size)
+                text = f"text frame over {bound} bytes" + ("" if audio else ": control messages are small")
+                self._take(self._failure("STREAM_ERROR", text, CLOSE_TOO_BIG))
+                return
         if isinstance(message, bytes) and len(message) > limits.max_frame_bytes:
             self._release(size)
             text = f"audio frame of {len(message)} bytes exceeds the limit of {limits.max_frame_bytes} bytes"

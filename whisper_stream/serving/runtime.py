@@ -49,6 +49,12 @@ class Limits:
     drain_timeout_s: float = 25.0  # on SIGTERM, time for the streams' last finals before 1001
     close_timeout_s: float = 2.0  # a peer that does not answer our close frame is dropped after this
 
+    @property
+    def max_audio_event_bytes(self) -> int:
+        """A text frame that only carries audio (OpenAI's `input_audio_buffer.append`): base64 of a maximal
+        audio frame plus its JSON, ~1.4 MiB; held in the inbox like a binary frame of that size."""
+        return self.max_frame_bytes * 4 // 3 + (4 << 10)
+
 
 class Runtime:
     """What all streams of a process share: the scheduler, the VAD front end, the limits, the streams."""

@@ -150,7 +150,7 @@ async def start_server(
         select_subprotocol=auth.select_subprotocol,
         # Bounded buffers (see stream.py for the per-stream total): frames up to twice the audio limit
         # still reach the stream, which answers with an error frame; beyond that websockets closes (1009).
-        max_size=max(2 * limits.max_frame_bytes, limits.max_text_bytes),
+        max_size=max(2 * limits.max_frame_bytes, limits.max_text_bytes, limits.max_audio_event_bytes),
         max_queue=2,
         write_limit=64 << 10,
         compression=None,  # permessage-deflate would let 1 KB on the wire carry 1 MiB of audio to decode

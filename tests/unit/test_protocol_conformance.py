@@ -238,6 +238,41 @@ def test_deepgram_configure_keyterms():
     assert bad[0][1].message["type"] == "ConfigureFailure"
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"features": {"punctuate": "false"}},  # was punctuation on: bool("false")
+        {"features": {"punctuate": [0]}},
+        {"endpointing": "500"},
+        {"endpointing": None},
+        {"endpointing": float("inf")},  # JSON's Infinity
+        {"endpointing": True},
+        {"endpointing": 10_001},
+    ],
+    ids=repr,
+)
+def test_deepgram_configure_refuses_what_is_not_its_type_instead_of_coercing(fields):
+    proto = deepgram.DeepgramProtocol(parse_params(f"{BASE}&punctuate=false"), runtime())
+    before = (proto.options, proto.sessions[0].config)
+    (out,) = on_frame(proto, json.dumps({"type": "Configure", **fields}), 0.0)
+    assert out[1].message["type"] == "ConfigureFailure", out[1].message
+    assert (proto.options, proto.sessions[0].config) == before  # nothing changed
+
+
+def test_deepgram_configure_takes_booleans_and_integers():
+    proto = deepgram.DeepgramProtocol(parse_params(BASE), runtime())
+    (out,) = on_frame(
+        proto, json.dumps({"type": "Configure", "features": {"punctuate": True}, "endpointing": 800}), 0.0
+    )
+    assert out[1].message["type"] == "ConfigureSuccess" and proto.options.punctuate
+    assert proto.sessions[0].config.streaming_vad_config.min_silence_duration_ms == 800
+    (out,) = on_frame(
+        proto, json.dumps({"type": "Configure", "features": {"punctuate": False}, "endpointing": False}), 0.0
+    )
+    assert out[1].message["type"] == "ConfigureSuccess" and not proto.options.punctuate
+    assert not proto.options.endpointing
+
+
 def oa_update(session):
     proto = openai_realtime.OpenAIRealtimeProtocol(runtime())
     out = on_frame(proto, json.dumps({"type": "session.update", "event_id": "e1", "session": session}), 0.0)

@@ -392,8 +392,8 @@ class DeepgramProtocol:
                 not isinstance(keyterms, list) or not all(isinstance(k, str) for k in keyterms)
             ):
                 raise ParamError("keyterms must be a list of strings", "keyterms")
-            if not isinstance(features, dict):
-                raise ParamError("features must be an object of booleans", "features")
+            if not isinstance(features, dict) or not all(isinstance(v, bool) for v in features.values()):
+                raise ParamError("features must be an object of booleans (true / false)", "features")
             unknown = sorted(set(msg) - {"type", "keyterms", "features", "language", "endpointing"})
             if unknown:
                 raise ParamError(f"unknown Configure field(s): {', '.join(unknown)}", unknown[0])
@@ -407,15 +407,16 @@ class DeepgramProtocol:
             endpointing = options.endpointing
             if "endpointing" in msg:
                 value = msg["endpointing"]
-                endpointing = value is not False
-                if isinstance(value, int) and not isinstance(value, bool):
-                    if not 0 <= value <= 10_000:
-                        raise ParamError("endpointing: allowed 0..10000 ms or false", "endpointing")
+                integer = isinstance(value, int) and not isinstance(value, bool)
+                if not (value is False or integer and 0 <= value <= 10_000):
+                    raise ParamError("endpointing: an integer 0..10000 (ms) or false", "endpointing")
+                endpointing = integer
+                if integer:
                     v = v.model_copy(update={"min_silence_duration_ms": max(ENDPOINTING_FLOOR_MS, value)})
             punctuate = options.punctuate
             for name in ("punctuate", "smart_format"):
                 if name in features:
-                    punctuate = bool(features[name])
+                    punctuate = features[name]
             config = StreamConfig.model_validate(
                 {
                     **config.model_dump(),

@@ -159,6 +159,18 @@ def test_deepgram_handshake_error_shape():
     assert handshake("/v1/realtime?intent=transcription", runtime()) is None
 
 
+@pytest.mark.parametrize(
+    "query", ["language=日本", "language=%E6%97%A5%E6%9C%AC", "model=\u00e9\r\nx&diarize=true"]
+)
+def test_deepgram_refusal_header_is_ascii_on_one_line_whatever_the_input(query):
+    from whisper_stream.protocols import handshake
+
+    status, body, headers = handshake(f"/v1/listen?encoding=linear16&{query}", runtime())
+    assert status == 400 and json.loads(body)["err_code"] == "INVALID_QUERY_PARAMETER"
+    value = headers["dg-error"]
+    assert value.isascii() and value.isprintable() and len(value) <= 200, value
+
+
 def dg_run(query, audio, finalize=False):
     proto = deepgram.DeepgramProtocol(parse_params(query), runtime())
     outs = on_frame(proto, pcm(audio), 0.0)

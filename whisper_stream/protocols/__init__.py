@@ -17,6 +17,12 @@ from whisper_stream.serving.runtime import Runtime
 PATHS = (deepgram.PATH, openai_realtime.PATH)
 
 
+def header_safe(text: str, limit: int = 200) -> str:
+    """An HTTP header value from any text: printable ASCII only (others escaped), one line, bounded."""
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if c.isprintable() else " " for c in escaped)[:limit]
+
+
 def handshake(path: str, runtime: Runtime) -> tuple[int, str, dict[str, str]] | None:
     """None when the request may upgrade; else (HTTP status, JSON body, headers) in the protocol's shape."""
     url = urlsplit(path)
@@ -26,7 +32,7 @@ def handshake(path: str, runtime: Runtime) -> tuple[int, str, dict[str, str]] | 
         except deepgram.ParamError as exc:
             request_id = str(uuid.uuid4())
             body = json.dumps(deepgram.error_body(str(exc), request_id))
-            return 400, body, {"dg-error": str(exc)[:200], "dg-request-id": request_id}
+            return 400, body, {"dg-error": header_safe(str(exc)), "dg-request-id": request_id}
         return None
     if url.path.rstrip("/") == openai_realtime.PATH:
         intent = parse_qs(url.query).get("intent", [""])[0]

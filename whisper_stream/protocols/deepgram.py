@@ -145,7 +145,7 @@ def _language(value: str) -> str:
     if v in ("", "multi", "auto"):
         return "auto"
     base = v.split("-", 1)[0]
-    if not base.isalpha() or len(base) > 8:
+    if not (base.isascii() and base.isalpha()) or len(base) > 8:
         raise ParamError(f"language={value!r}: expected a code such as en, en-US or multi", "language")
     return base
 

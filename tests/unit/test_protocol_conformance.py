@@ -400,6 +400,21 @@ OA_REFUSED = [
         {"type": "transcription", "audio": {"input": {"format": {"type": ["audio/pcm"]}}}},
         "session.audio.input.format.type",
     ),
+    # valid JSON, not a number to compute with (1e999 is Infinity): once OverflowError, 1011 and a traceback
+    (
+        {
+            "type": "transcription",
+            "audio": {"input": {"turn_detection": {"prefix_padding_ms": float("inf")}}},
+        },
+        "session.audio.input.turn_detection.prefix_padding_ms",
+    ),
+    (
+        {
+            "type": "transcription",
+            "audio": {"input": {"turn_detection": {"silence_duration_ms": float("nan")}}},
+        },
+        "session.audio.input.turn_detection.silence_duration_ms",
+    ),
 ]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from typing import Any
 
@@ -200,9 +201,13 @@ class OpenAIRealtimeProtocol:
                     )
                 for key in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
                     value = td.get(key, 0)
-                    if isinstance(value, bool) or not isinstance(value, int | float):
+                    if (
+                        isinstance(value, bool)
+                        or not isinstance(value, int | float)
+                        or not math.isfinite(value)
+                    ):
                         raise RealtimeError(
-                            f"turn_detection.{key} must be a number, got {short(value)}",
+                            f"turn_detection.{key} must be a finite number, got {short(value)}",
                             f"session.audio.input.turn_detection.{key}",
                         )
                 base = fields["turn_detection"] or dict(DEFAULT_TURN)

@@ -86,8 +86,8 @@ class SamplingParams(_Strict):
     @field_validator("sampling_temperatures")
     @classmethod
     def _temperatures(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(t < 0 or t > 2 for t in v):
-            raise ValueError("each temperature must be between 0 and 2")
+        if not all(0 <= t <= 1 for t in v):  # NaN fails this too; above 1 Whisper samples gibberish
+            raise ValueError("each temperature must be a number from 0 to 1 (Whisper's ladder: 0.0 ... 1.0)")
         return tuple(float(t) for t in v)
 
 

@@ -58,6 +58,12 @@ def _metadata_cases() -> list[Any]:
         ({"whisper_params": {"output_language": "de"}}, 1007, "translates only into English"),
         ({"whisper_params": {"prefix": "🙂" * 200}}, 1008, "prefix is"),
         ({"asr_options": {"beam": 2}}, 1007, "beam_size"),
+        ('{"whisper_params": {"whisper_sampling_params": {"sampling_temperatures": [NaN]}}}', 1007, "0 to 1"),
+        (
+            {"whisper_params": {"whisper_sampling_params": {"sampling_temperatures": [0.0, 2]}}},
+            1007,
+            "0 to 1",
+        ),
         ('{"stream_id": "s\\ud800"}', 1007, "stream_id"),  # a lone surrogate: no valid string
         ({"streaming_whisper_params": {"volume": 3}}, 1007, "streaming_whisper_params"),
         # a legacy shape merged into a block that is no object: that block named, no internal error

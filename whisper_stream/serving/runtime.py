@@ -5,7 +5,8 @@ Every limit is in `Limits`, with its cost. Memory per stream (defaults, 16 kHz):
   session audio buffer   (final_transcript_max_duration_s + 2 x speech_pad + 4 s) x 64 kB/s  ~ 2.2 MB
   queued messages        <= max_frame_bytes (1 MiB, each message counted with 128 bytes of overhead)
                          + the message being processed (1 MiB)
-  socket buffers         websockets: max_size x (max_queue + 1) = 2 MiB in, write_limit 64 KiB out
+  socket buffers         websockets: max_size x (max_queue + 1) = 2 MiB in, write_limit 64 KiB out;
+                         unsent pongs and messages <= max_unsent_bytes (1 MiB) + what 0.1 s of pings adds
   requests in flight     (max_finals_in_flight + 1 partial) x window audio (<= 30 s x 64 kB/s = 1.9 MB)
 i.e. about 2.5 MB for a real-time stream with 5 s utterances, and at most ~16 MB for a client that sends
 maximal frames with 30 s utterances as fast as it can.
@@ -48,6 +49,9 @@ class Limits:
     send_timeout_s: float = 30.0  # a client that does not read for this long is closed (1008)
     drain_timeout_s: float = 25.0  # on SIGTERM, time for the streams' last finals before 1001
     close_timeout_s: float = 2.0  # a peer that does not answer our close frame is dropped after this
+    # unsent output per connection: replies to a client's pings bypass the 64 KiB write limit of messages, so
+    # a client that pings and never reads is dropped above this (checked every `OUTPUT_CHECK_S`)
+    max_unsent_bytes: int = 1 << 20
 
     @property
     def max_audio_event_bytes(self) -> int:
@@ -66,6 +70,7 @@ class Runtime:
         self.limits = limits or Limits()
         self.draining = False
         self.loop_watch: asyncio.Task[None] | None = None  # the server's event-loop lag probe
+        self.output_watch: asyncio.Task[None] | None = None  # drops connections that do not read
         self.streams: set[Any] = set()  # the stream drivers (`driver.StreamLoop`)
         self.opening: set[Transport] = set()  # admitted, still waiting for their metadata
         self.per_client: collections.Counter[str] = collections.Counter()

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 WEBSOCKET_PATH = re.compile(r"^/(v1/websocket|environments/[^/]+/websocket|deployment/[^/]+/websocket)/?$")
 
 
+OUTPUT_CHECK_S = 0.1  # how often every connection's unsent output is checked (`watch_output`)
+
+
 class WebsocketTransport:
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
@@ -132,17 +135,41 @@ def listen(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+async def watch_output(connections: set[ServerConnection], limit: int) -> None:
+    """Drop a connection whose unsent output passes `limit`. websockets answers every ping with a pong
+    written past `send`'s write limit: a client that floods pings and never reads would grow this process's
+    memory without bound (~12 MB/s). One task for all connections, every `OUTPUT_CHECK_S`."""
+    while True:
+        await asyncio.sleep(OUTPUT_CHECK_S)
+        for ws in list(connections):
+            transport = ws.transport
+            if not transport.is_closing() and transport.get_write_buffer_size() > limit:
+                log.warning("a client does not read its replies (%d bytes unsent): dropped", limit)
+                transport.abort()
+
+
 async def start_server(
     settings: ServerSettings, runtime: Runtime, sock: socket.socket | None = None
 ) -> Server:
     runtime.scheduler.start()
     runtime.loop_watch = asyncio.create_task(metrics.watch_event_loop(), name="loop-lag")
 
+    connections: set[ServerConnection] = set()
+    limits = runtime.limits
+    runtime.output_watch = asyncio.create_task(
+        watch_output(connections, limits.max_unsent_bytes), name="output-watch"
+    )
+
     async def handler(ws: ServerConnection) -> None:
         protocol = protocols.open_protocol(ws.request.path if ws.request else "/", runtime)
-        await serve_stream(WebsocketTransport(ws), runtime, protocol, auth.client_address(ws.remote_address))
+        connections.add(ws)
+        try:
+            await serve_stream(
+                WebsocketTransport(ws), runtime, protocol, auth.client_address(ws.remote_address)
+            )
+        finally:
+            connections.discard(ws)
 
-    limits = runtime.limits
     return await serve(
         handler,
         sock=sock or listen(settings.host, settings.port),
@@ -190,8 +217,9 @@ async def run(settings: ServerSettings) -> None:
         await asyncio.wait_for(server.wait_closed(), runtime.limits.close_timeout_s + 1.0)
     except TimeoutError:
         log.warning("connections still open after the drain: closing anyway")
-    if runtime.loop_watch is not None:
-        runtime.loop_watch.cancel()
+    for watch in (runtime.loop_watch, runtime.output_watch):
+        if watch is not None:
+            watch.cancel()
     await runtime.scheduler.stop()
     runtime.frontend.close()
     await engine.close()

@@ -53,6 +53,19 @@ def test_a_bad_model_is_one_line(model, needle):
     assert line.startswith("whisper-stream: cannot start engine ctranslate2:") and needle in line, line
 
 
+def test_a_model_directory_without_its_tokenizer_is_one_line_at_once(tmp_path):
+    """Was 26 s of hub retries and 23 lines (and, online, another model's tokenizer used silently)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in Path(model_source.assemble_default_model()).iterdir():  # the real model, but its tokenizer
+        if f.name != "tokenizer.json":
+            (model / f.name).symlink_to(f)
+    started = time.monotonic()
+    done = _serve("--port", str(free_port()), "--model", str(model), env={"HF_HUB_OFFLINE": "0"})
+    assert done.returncode == 1 and "has no tokenizer.json" in _one_line(done.stderr)
+    assert time.monotonic() - started < 20  # no hub retries (a hang guard, not a speed goal)
+
+
 def test_a_busy_port_fails_before_the_model_loads():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

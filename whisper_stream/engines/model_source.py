@@ -106,8 +106,8 @@ def resolve_model(spec: str | None) -> str:
             raise ValueError(f"{path} is not a CTranslate2 Whisper model directory (no model.bin)")
         if not (path / "tokenizer.json").is_file():  # faster-whisper would fetch another model's from the hub
             raise ValueError(
-                f"{path} has no tokenizer.json: copy the one its conversion wrote (ct2-transformers-converter "
-                "--copy_files tokenizer.json), or the original model's"
+                f"{path} has no tokenizer.json: copy the one its conversion wrote "
+                "(ct2-transformers-converter --copy_files tokenizer.json), or the original model's"
             )
         return str(path)
     if "/" in spec and (spec.startswith((".", "/", "~")) or os.sep in spec and not _looks_like_hub(spec)):

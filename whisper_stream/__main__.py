@@ -76,7 +76,11 @@ def build_settings(argv: list[str] | None = None) -> ServerSettings:
 def main(argv: list[str] | None = None) -> int:
     settings = build_settings(argv)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from whisper_stream.serving.auth import RedactSecrets
     from whisper_stream.serving.server import StartupError, run
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets(settings.api_key))
 
     try:
         asyncio.run(run(settings))

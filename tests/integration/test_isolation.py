@@ -51,3 +51,29 @@ async def test_a_ping_flood_that_never_reads_is_dropped_before_memory_grows():
         log = server.log_tail()
     assert peak - before <= 64, (before, peak, after)  # was ~12 MB/s for as long as the client went on
     assert dropped or "does not read its replies" in log, log[-2000:]
+
+
+async def test_debug_logging_never_writes_an_api_key():
+    """websockets logs each request's headers and path at DEBUG: the key, however it came, is redacted."""
+    key = "sekret-" + os.urandom(6).hex()
+    with LocalServer("--engine", "null", "--log-level", "DEBUG", "--api-key", key) as server:
+        base = f"ws://127.0.0.1:{server.port}"
+        async with websockets.connect(
+            server.url, additional_headers={"Authorization": f"Api-Key {key}"}
+        ) as ws:
+            await ws.send(json.dumps(metadata()))
+        async with websockets.connect(f"{server.url}?api_key={key}") as ws:
+            await ws.send(json.dumps(metadata()))
+        async with websockets.connect(
+            f"{base}/v1/realtime?intent=transcription",
+            subprotocols=["realtime", f"openai-insecure-api-key.{key}"],  # type: ignore[list-item]
+        ) as ws:
+            await ws.recv()
+        async with websockets.connect(
+            f"{base}/v1/listen?encoding=linear16&sample_rate=16000", subprotocols=["token", key]
+        ) as ws:  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "KeepAlive"}))
+        await asyncio.sleep(0.5)
+        log = server.log_tail(chars=1 << 22)
+    assert "Authorization: Api-Key ***" in log and "api_key=***" in log  # logged, redacted
+    assert key not in log

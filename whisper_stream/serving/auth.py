@@ -10,6 +10,8 @@ history).
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
@@ -62,3 +64,25 @@ def client_address(address: object) -> str:
     proxy's; there the proxy, e.g. Baseten's, enforces its own per-client limits)."""
     host = address[0] if isinstance(address, tuple) and address else address
     return str(host or "")
+
+
+_SECRETS = re.compile(
+    r"(?i)(authorization:\s*\S+\s+|api_key=|openai-insecure-api-key\.|sec-websocket-protocol:\s*token,\s*)"
+    r"[^\s&,'\"]+"
+)
+
+
+class RedactSecrets(logging.Filter):
+    """Keys out of the log, whatever the level: websockets logs every request's headers and path at DEBUG,
+    and a key can come in the Authorization header, `?api_key=` or a subprotocol."""
+
+    def __init__(self, api_key: str | None) -> None:
+        super().__init__()
+        self._key = api_key
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = _SECRETS.sub(r"\1***", record.getMessage())
+        if self._key:
+            text = text.replace(self._key, "***")
+        record.msg, record.args = text, ()
+        return True

@@ -21,7 +21,7 @@ TRUSS_CONFIG ?= config.yaml
 ENGINE_IMAGE ?= whisper-stream-trtllm:25.12
 ENGINE_ARGS ?=
 
-.PHONY: help install client dev browser serve try test lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
+.PHONY: help install client dev browser serve try test test-avx2 lint gpu-check bench bench-triton bench-audio bench-noise triton engine \
 	bench-load soak bench-frontend bench-memory bench-beam bench-pause engine-docker truss-venv truss-stage truss-push \
 	truss-context clean
 .DEFAULT_GOAL := help
@@ -200,6 +200,14 @@ browser:  ## Chromium for the page's test (apt-get install chromium when missing
 
 test: dev lint truss-venv browser  ## lint, then the whole test suite (skip reasons shown)
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -rs -p no:cacheprovider
+
+# The suite as a CPU without AVX-512 computes it (CTranslate2, oneDNN/MKL, PyTorch, numpy and OpenBLAS capped at
+# AVX2), on a machine that has AVX-512: floats and texts are compared within what their arithmetic allows.
+NO_AVX512 = CT2_FORCE_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 \
+	ATEN_CPU_CAPABILITY=avx2 OPENBLAS_CORETYPE=Haswell \
+	NPY_DISABLE_CPU_FEATURES="AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL"
+test-avx2: dev truss-venv browser  ## the test suite computing as a CPU without AVX-512 would
+	$(NO_AVX512) CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 clean:  ## remove the virtualenvs and build outputs
 	rm -rf $(VENV) $(TRUSS_VENV) .pytest_cache .ruff_cache build

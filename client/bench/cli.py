@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the ratio table's baseline); a hosted Deepgram or OpenAI endpoint compares the same way",
     )
     p.add_argument(
+        "--openai-rate",
+        type=int,
+        default=24000,
+        help="sample rate of the OpenAI protocol's audio (default %(default)s, OpenAI's own; 16000 sends the "
+        "other protocols' very bytes, nothing resampled)",
+    )
+    p.add_argument(
         "--stagger-s",
         type=float,
         default=0.25,

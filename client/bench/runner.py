@@ -152,6 +152,7 @@ async def stream_one(
         on_progress=progress.tracker(),
         flush_after=set(after_frame or ()),
         vad=VadOptions(args.vad_threshold, args.min_silence_ms, args.speech_pad_ms),
+        **({"rate": args.openai_rate} if target.protocol == "openai" else {}),
     )
 
 

@@ -137,21 +137,28 @@ async def stream_openai(
     model: str = "gpt-4o-transcribe",
     flush_after: set[int] | frozenset[int] = frozenset(),
     vad: VadOptions = DEFAULT_VAD,
+    rate: int = 24000,
 ) -> StreamResult:
+    """`rate`: the sample rate sent (OpenAI's own endpoint takes 24000; this server 8000-48000, and at 16000
+    it gets the very bytes the other protocols send, nothing resampled on either side)."""
     import soxr
 
     audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-    pcm24 = (np.clip(soxr.resample(audio, 16000, 24000), -1, 1) * 32767).astype("<i2").tobytes()
+    pcm_out = (
+        pcm
+        if rate == 16000
+        else (np.clip(soxr.resample(audio, 16000, rate), -1, 1) * 32767).astype("<i2").tobytes()
+    )
     target = f"{base_url(url)}/v1/realtime?intent=transcription"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    step = round(FRAME_S * 24000) * 2  # 32 ms of 24 kHz pcm16, as the other protocols' frames
+    step = round(FRAME_S * rate) * 2  # 32 ms of pcm16, as the other protocols' frames
     chunks = [
         json.dumps(
-            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm24[i : i + step]).decode()}
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm_out[i : i + step]).decode()}
         )
-        for i in range(0, len(pcm24), step)
+        for i in range(0, len(pcm_out), step)
     ]
-    seconds = [min(len(pcm24), i + step) / 48000 for i in range(0, len(pcm24), step)]
+    seconds = [min(len(pcm_out), i + step) / (2 * rate) for i in range(0, len(pcm_out), step)]
     result = StreamResult()
     items: dict[str, dict[str, Any]] = {}  # item -> num, start, end, text
     committed: list[str] = []
@@ -160,7 +167,7 @@ async def stream_openai(
         "type": "transcription",
         "audio": {
             "input": {
-                "format": {"type": "audio/pcm", "rate": 24000},
+                "format": {"type": "audio/pcm", "rate": rate},
                 "transcription": {"model": model, "language": None if language == "auto" else language},
                 "turn_detection": {
                     "type": "server_vad",

@@ -1,11 +1,10 @@
 """The Baseten endpoint's messages on every recording in data/, against a recording made before the streaming
 core was rewritten (tests/golden/baseten.json): the refactor keeps what Baseten clients see.
 
-Compared: every message except partials, finals in order and acknowledgements in order, with their type,
-flags, numbering and window (audio length within two VAD frames); the finals' text by word errors per
-recording (see `MAX_WORD_ERRORS`; CTranslate2's kernels also differ between CPUs, so an exact text would
-fail on another x86-64 for no fault of ours). Volatile fields (lag, timestamps, confidence and language
-probability) are left out.
+Compared: the acknowledgements in order and `finished` last; every final by its number (the segmentation's),
+with its window (audio length within two VAD frames) and flags; the finals' text by word errors per
+recording (see `MAX_WORD_ERRORS`: CTranslate2's numbers differ between CPUs and batch shapes). Volatile
+fields (lag, timestamps, confidence and language probability) are left out.
 
 Re-record (only when a difference is understood and documented):
     python -m tests.integration.test_golden_baseten --record
@@ -27,10 +26,13 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "baseten.json"
 FLUSHED = ("ls_1221-135766-0001", "ls_2412-153948-0000", "mfa_cold_corpus")  # a finalize mid-speech too
 FRAME_BYTES = 1024  # 512 samples, as the documented clients send
 WINDOW_TOLERANCE_S = 0.064  # two VAD frames: Silero's last digits may differ on other CPUs
-# Finals' text against the recording's, per recording: at most this fraction of its words, or one word. Not
+# Finals' text against the recording's, per recording: at most this fraction of its words, or two words. Not
 # exact even on one machine: how a stream's finals are batched with each other depends on timing, and a
-# batch's padding moves CTranslate2's numbers (a short Swedish "Otto." reads "Ota!" in some runs).
-MAX_WORD_ERRORS = 0.1
+# batch's padding moves CTranslate2's numbers (a short Swedish "Otto." reads "Ota!" in some runs); on a CPU
+# without AVX-512 a Swedish clip reads "Huvuslekar börjar" for "Hushuslekar börja".
+MAX_WORD_ERRORS = 0.2
+# A final whose window is this short may decode to a word or two on one CPU and to nothing on another
+MAX_EDGE_WORDS, MAX_EDGE_WINDOW_S = 2, 1.0
 
 
 def _cases() -> list[tuple[str, Any, int | None]]:
@@ -82,28 +84,42 @@ def _compare(name: str, want: dict[str, Any], got: dict[str, Any]) -> list[str]:
     problems = []
     if got["close"] != want["close"]:
         problems.append(f"{name}: close {got['close']} != {want['close']}")
-    # finals in order; acknowledgements in order among themselves (when end_audio's acknowledgement leaves,
-    # relative to finals still decoding, depends on the engine's speed), and `finished` last
+    # acknowledgements in order among themselves (when end_audio's acknowledgement leaves, relative to finals
+    # still decoding, depends on the engine's speed), and `finished` last
     if got["messages"][-1:] != want["messages"][-1:]:
         problems.append(f"{name}: last message {got['messages'][-1:]} != {want['messages'][-1:]}")
-    w = sorted(want["messages"], key=lambda m: m["type"] != "transcription")
-    g = sorted(got["messages"], key=lambda m: m["type"] != "transcription")
-    if len(w) != len(g):
-        return problems + [f"{name}: {len(g)} messages != {len(w)}:\n  got  {g}\n  want {w}"]
-    texts: list[tuple[str, str]] = []
-    for i, (a, b) in enumerate(zip(w, g, strict=True)):
-        a, b = dict(a), dict(b)
-        if a.get("type") == "transcription" and b.get("type") == "transcription":
-            texts.append((a.pop("transcript"), b.pop("transcript")))
-            la, lb = a.pop("audio_length_sec"), b.pop("audio_length_sec")
-            if abs(la - lb) > WINDOW_TOLERANCE_S:
-                problems.append(f"{name} #{i}: audio_length_sec {lb} != {la}")
+    acks = [[m for m in side["messages"] if m["type"] != "transcription"] for side in (want, got)]
+    if acks[0] != acks[1]:
+        problems.append(f"{name}: acknowledgements {acks[1]} != {acks[0]}")
+    # finals by number (the segmentation's, not the model's): each window and its flags as before; a final
+    # only one side sent must be a short window's word or two (a decode on the edge of the empty-text filter)
+    finals = [{m["transcription_num"]: dict(m) for m in side["messages"] if m["type"] == "transcription"}
+              for side in (want, got)]  # fmt: skip
+    for num in sorted(finals[0].keys() | finals[1].keys()):
+        a, b = finals[0].get(num), finals[1].get(num)
+        if a is None or b is None:
+            only = a or b
+            assert only is not None
+            if (
+                len(only["transcript"].split()) > MAX_EDGE_WORDS
+                or only["audio_length_sec"] > MAX_EDGE_WINDOW_S
+            ):
+                problems.append(
+                    f"{name}: final #{num} only {'in the recording' if b is None else 'now'}: {only}"
+                )
+            continue
+        la, lb = a.pop("audio_length_sec"), b.pop("audio_length_sec")
+        if abs(la - lb) > WINDOW_TOLERANCE_S:
+            problems.append(f"{name} #{num}: audio_length_sec {lb} != {la}")
+        ta, tb = a.pop("transcript"), b.pop("transcript")
+        a.pop("segments"), b.pop("segments")
         if a != b:
-            problems.append(f"{name} #{i}: {b} != {a}")
-    refs = " ".join(t for t, _ in texts).strip()
-    allowed = max(1.0, MAX_WORD_ERRORS * len(refs.split()))
-    if refs and wer([refs], [" ".join(h for _, h in texts)], want["language"]) * len(refs.split()) > allowed:
-        problems.append(f"{name}: finals' text {[h for _, h in texts]} != {[t for t, _ in texts]}")
+            problems.append(f"{name} #{num}: {b} != {a}")
+        finals[0][num]["transcript"], finals[1][num]["transcript"] = ta, tb
+    texts = [" ".join(f["transcript"] for _, f in sorted(side.items())).strip() for side in finals]
+    words = len(texts[0].split())
+    if texts[0] and wer([texts[0]], [texts[1]], want["language"]) * words > max(2.0, MAX_WORD_ERRORS * words):
+        problems.append(f"{name}: finals' text {texts[1]!r} != {texts[0]!r}")
     return problems
 
 

@@ -60,7 +60,7 @@ class StreamingParams(_Strict):
     # (the utterance goes on in the next final), so the final covering a long utterance's end holds only its
     # last few seconds. 0: finals end only at the endpoint, a flush or the maximum duration. 3 s by
     # `make bench-pause`: no WER cost against 0 on data/'s English recordings, the covering final's decode
-    # ~25 % shorter than at 4 s, and nothing more gained at 2 s (README, Time to final).
+    # ~25 % shorter than at 4 s, and nothing more gained at 2 s (docs/benchmarks.md).
     pause_final_after_s: float = Field(3.0, ge=0.0, le=30.0)
 
     @field_validator("final_transcript_max_duration_s")

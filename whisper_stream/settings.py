@@ -51,10 +51,10 @@ class ServerSettings(BaseSettings):
     api_key: str | None = Field(
         None,
         description="when set, clients must send Authorization: Api-Key <key> (or Bearer <key>); "
-        "browsers send it as a subprotocol or ?api_key=<key> (README: Browser page)",
+        "browsers send it as a subprotocol or ?api_key=<key> (docs/page.md)",
     )
     max_streams: int = Field(
-        64, ge=1, description="hard cap on concurrent streams (memory: see README); more get 1013"
+        64, ge=1, description="hard cap on concurrent streams (memory: docs/operations.md); more get 1013"
     )
     max_streams_per_client: int = Field(16, ge=1, description="concurrent streams per client address")
     admit_max_delay_s: float = Field(

@@ -3,7 +3,7 @@
 All times are on the client's monotonic clock, in seconds since the stream's first frame (`Received.t`,
 `StreamResult.audio_sent_s`); stream times (`start_time`/`end_time`, `speech_ends`) are seconds of audio.
 
-Definitions (the README repeats them):
+Definitions (docs/benchmarks.md repeats them):
 - end of speech: the stream time where an utterance's speech ends (`join_utterances(...).speech_ends`; the
   benchmark trims each recording by a fixed energy rule and follows it with digital silence, so it is the
   trimmed recording's last sample: exact, and found without the server's VAD).

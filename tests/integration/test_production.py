@@ -104,7 +104,7 @@ def _rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-RSS_BOUND_MB = 120  # the README's per-stream bound is ~16 MB; the rest is allocator and thread slack
+RSS_BOUND_MB = 120  # docs/operations.md's per-stream bound is ~16 MB; the rest is allocator and thread slack
 
 
 async def test_an_unpaced_upload_that_never_reads_cannot_grow_the_server(speech):

@@ -47,7 +47,7 @@ N_SAMPLES = int(MAX_WINDOW_S * SAMPLE_RATE)
 N_FRAMES = 3000
 # Adaptive encoder context: a window is encoded as its own length plus a margin, rounded up to a bucket, not
 # as Whisper's fixed 30 s. CTranslate2 accepts the shorter input; on a 2-core CPU a 5 s utterance costs
-# ~0.25 s instead of ~1.1 s, with the same transcripts on our test speech (see README, Benchmarks). Buckets
+# ~0.25 s instead of ~1.1 s, with the same transcripts on our test speech (see docs/benchmarks.md). Buckets
 # of 10 s: 5 s contexts were cheaper still but misread one-second utterances ("ask not" -> "is not").
 CONTEXT_MARGIN_S = 1.0
 CONTEXT_BUCKET_FRAMES = 1000  # 10 s: only requests of the same bucket share an encoder call
@@ -57,7 +57,7 @@ CONTEXT_BUCKET_FRAMES = 1000  # 10 s: only requests of the same bucket share an 
 # adds its working memory, ~100 MB for base). A decoder step is bound by memory latency, not by the cores
 # (the same ~8 ms a token with 1, 2 or 4 threads), so two calls overlap almost for free: on the 2-core
 # machine two finals (5.8 s and 8.5 s of speech) finished together in 451 ms vs 630 ms one after the other,
-# and one alone took as long as with one replica (README, Time to final).
+# and one alone took as long as with one replica (docs/benchmarks.md).
 DEFAULT_WORKERS = 2
 
 

@@ -2,7 +2,7 @@
 
 Only names and shapes live here: query parameters -> a `StreamConfig` per channel; `KeepAlive`, `Finalize`,
 `CloseStream`, `Configure` -> session events; the session's transcriptions and turn events -> `Results`,
-`SpeechStarted`, `UtteranceEnd`, `Metadata`. The conformance table (README, `PARAMETERS` below) says for
+`SpeechStarted`, `UtteranceEnd`, `Metadata`. The conformance table (docs/protocols.md, `PARAMETERS` below) says for
 every parameter whether it is mapped, accepted without effect, or refused.
 
 Endpointing: Deepgram's `endpointing` is the silence (ms) that ends speech, 10 ms by default (25 in some

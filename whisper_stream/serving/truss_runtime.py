@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # /packages inside a Truss image
 IMAGE_TRITON = Path("/opt/tritonserver/bin/tritonserver")  # where NVIDIA's images install it
-# Measured by nobody yet on an H100 (see README): download ~3 GB + convert + two trtllm-build runs.
+# Measured by nobody yet on an H100 (see docs/baseten.md): download ~3 GB + convert + two trtllm-build runs.
 FIRST_BOOT_BUILD_ESTIMATE = "about 10-15 minutes"
 
 

@@ -1,9 +1,9 @@
 """Deepgram's live API (`GET /v1/listen`, WebSocket) over the same sessions, scheduler and engines.
 
 Only names and shapes live here: query parameters -> a `StreamConfig` per channel; `KeepAlive`, `Finalize`,
-`CloseStream`, `Configure` -> session events; the session's transcriptions and turn events -> `Results`,
-`SpeechStarted`, `UtteranceEnd`, `Metadata`. The conformance table (docs/protocols.md, `PARAMETERS` below) says for
-every parameter whether it is mapped, accepted without effect, or refused.
+`CloseStream`, `Configure` -> core events; the core's transcripts and turn events -> `Results`,
+`SpeechStarted`, `UtteranceEnd`, `Metadata`. The conformance table (docs/protocols.md, `PARAMETERS` below)
+says for every parameter whether it is mapped, accepted without effect, or refused.
 
 Endpointing: Deepgram's `endpointing` is the silence (ms) that ends speech, 10 ms by default (25 in some
 clients). Whisper needs whole phrases for context, so the value maps onto the session's endpointer with a

@@ -236,3 +236,24 @@ async def test_a_drain_keeps_every_sample_received_and_says_nothing_per_frame(sp
     assert expected_s - 1.4 <= last_end <= expected_s + 0.05
     assert [m for m in received if m.get("type") == "error"] == []
     assert ws.close_code == 1001
+
+
+async def test_a_multichannel_stream_holds_one_stream_slot_per_channel():
+    """Deepgram's `multichannel=true&channels=N` runs N sessions: it counts N against --max-streams and the
+    per-client limit (it counted 1, so 8-channel streams held 8x the engine time a slot stands for)."""
+    async with served(0.05, max_streams=4, max_streams_per_client=4) as (url, runtime):
+        listen = url.replace(
+            "/v1/websocket", "/v1/listen?encoding=linear16&sample_rate=16000&multichannel=true"
+        )
+        async with websockets.connect(f"{listen}&channels=3"):
+            await until(lambda: runtime.active == 3, "a 3-channel stream holding 3 slots")
+            refused = await websockets.connect(f"{listen}&channels=2")  # 3 + 2 > 4
+            error = json.loads(await asyncio.wait_for(refused.recv(), WAIT_S))
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(refused.recv(), WAIT_S)
+            assert error["type"] == "Error" and "each channel counts" in error["description"]
+            assert refused.close_code == 1013
+            async with websockets.connect(url) as one:  # one more session fits: 3 + 1 = 4
+                await one.send(json.dumps(metadata()))
+                await until(lambda: runtime.active == 4, "a fourth session admitted")
+        await until(lambda: runtime.active == 0 and not runtime.per_client, "every slot given back")

@@ -105,13 +105,15 @@ async def serve_stream(
 ) -> None:
     """Run one stream to its close. `client` (the peer's address or key) counts against the per-client
     stream limit."""
-    refusal = runtime.refusal(client)
+    sessions = max(1, len(protocol.sessions))  # Deepgram's channels are known before the upgrade
+    refusal = runtime.refusal(client, sessions)
     if refusal is not None:
         await StreamLoop(transport, runtime, protocol).refuse(refusal)
         return
     metrics.STREAMS.inc()
     metrics.STREAMS_TOTAL.inc()
-    runtime.per_client[client] += 1
+    runtime.per_client[client] += sessions
+    runtime.held += sessions
     try:
         runtime.opening.add(transport)  # counts against max_streams before its metadata comes
         try:
@@ -128,7 +130,8 @@ async def serve_stream(
     except TransportClosed:
         pass
     finally:
-        runtime.per_client[client] -= 1
+        runtime.held -= sessions
+        runtime.per_client[client] -= sessions
         if runtime.per_client[client] <= 0:
             del runtime.per_client[client]
         metrics.STREAMS.dec()

@@ -73,12 +73,14 @@ class Runtime:
         self.output_watch: asyncio.Task[None] | None = None  # drops connections that do not read
         self.streams: set[Any] = set()  # the stream drivers (`driver.StreamLoop`)
         self.opening: set[Transport] = set()  # admitted, still waiting for their metadata
-        self.per_client: collections.Counter[str] = collections.Counter()
+        self.per_client: collections.Counter[str] = collections.Counter()  # sessions held per client
+        self.held = 0  # sessions admitted and not ended (a multichannel stream holds one per channel)
 
     @property
     def active(self) -> int:
-        """Connections past admission: the streams, and those still waiting for their metadata."""
-        return len(self.streams) + len(self.opening)
+        """Sessions past admission, a stream's channels each, those still waiting for their metadata too:
+        the unit of capacity (memory and engine time go per session, not per connection)."""
+        return self.held
 
     def session(self, config: StreamConfig, **kwargs: Any) -> Session:
         """A new session on this runtime's limits (every protocol makes its sessions here)."""
@@ -92,15 +94,16 @@ class Runtime:
         except ValueError as exc:
             raise ConfigError(str(exc), unsupported=True) from None
 
-    def refusal(self, client: str) -> str | None:
-        """Why a new stream cannot be admitted now, or None."""
+    def refusal(self, client: str, sessions: int = 1) -> str | None:
+        """Why a new stream of `sessions` sessions (channels) cannot be admitted now, or None."""
         limits = self.limits
+        each = " (each channel counts as a stream)" if sessions > 1 else ""
         if self.draining:
             return "the server is shutting down; reconnect to another replica"
-        if self.active >= limits.max_streams:
-            return f"the server is at its limit of {limits.max_streams} streams; retry later"
-        if client and self.per_client[client] >= limits.max_streams_per_client:
-            return f"this client already has {limits.max_streams_per_client} streams open"
+        if self.active + sessions > limits.max_streams:
+            return f"the server is at its limit of {limits.max_streams} streams{each}; retry later"
+        if client and self.per_client[client] + sessions > limits.max_streams_per_client:
+            return f"this client already has {limits.max_streams_per_client} streams open{each}"
         delay = self.scheduler.delay_s()
         if delay > limits.admit_max_delay_s:
             return f"the server is at capacity (finals wait {delay:.1f} s for the engine); retry later"

@@ -19,11 +19,6 @@ class StreamAudio:
         self._decoder = AudioDecoder(encoding, sample_rate)
         self._tail = np.zeros(0, dtype=np.float32)  # samples not yet forming a whole frame
 
-    @property
-    def pending_s(self) -> float:
-        """Audio received but not yet a whole frame (counted as lag)."""
-        return len(self._tail) / 16000
-
     def take_frames(self, data: bytes) -> np.ndarray:
         """Decode and resample `data` into whole frames [n, 512]; the remainder waits for more."""
         return self._split(self._decoder.decode(data))
